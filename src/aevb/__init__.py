@@ -1,0 +1,29 @@
+"""aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2014) to research grade.
+
+The layers, from the maths up: :mod:`aevb.distributions`, :mod:`aevb.networks`,
+:mod:`aevb.models` (the VAE), :mod:`aevb.objectives` (SGVB estimators), :mod:`aevb.evaluation`,
+:mod:`aevb.data`, :mod:`aevb.training` (the AEVB loop and run folders), :mod:`aevb.plots` and
+:mod:`aevb.cli`.
+"""
+
+from aevb.errors import AevbError, ConfigError, DataError
+from aevb.models import VAE, ModelConfig
+from aevb.objectives import SGVBA, SGVBB, make_objective
+from aevb.training import TrainConfig, load_model, resume, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGVBA",
+    "SGVBB",
+    "VAE",
+    "AevbError",
+    "ConfigError",
+    "DataError",
+    "ModelConfig",
+    "TrainConfig",
+    "load_model",
+    "make_objective",
+    "resume",
+    "train",
+]

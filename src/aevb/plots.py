@@ -1,0 +1,120 @@
+"""Figures: image grids of samples and reconstructions, and training curves (PNG files).
+
+Uses matplotlib's object API (``Figure``) rather than pyplot, so no display or global
+backend state is involved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from aevb.evaluation import fixed_randomness
+from aevb.models import VAE
+
+
+def image_grid(
+    images: np.ndarray, image_shape: Sequence[int], ncols: int | None = None, pad: int = 1
+) -> np.ndarray:
+    """Tile images: (N, H·W) → one (rows·(H+pad), cols·(W+pad)) array, padding at 1.0."""
+    height, width = image_shape
+    n = len(images)
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    grid = np.ones((nrows * (height + pad) - pad, ncols * (width + pad) - pad), dtype=np.float32)
+    for index, image in enumerate(np.asarray(images, dtype=np.float32)):
+        r, c = divmod(index, ncols)
+        top, left = r * (height + pad), c * (width + pad)
+        grid[top : top + height, left : left + width] = image.reshape(height, width)
+    return grid
+
+
+def save_image_grid(
+    images: np.ndarray | Tensor,
+    image_shape: Sequence[int],
+    path: str | Path,
+    ncols: int | None = None,
+    title: str | None = None,
+) -> None:
+    """Write images (N, H·W), values in [0, 1] (clipped), as a grey-scale grid PNG."""
+    if isinstance(images, Tensor):
+        images = images.detach().cpu().numpy()
+    grid = np.clip(image_grid(images, image_shape, ncols), 0.0, 1.0)
+    scale = max(2.0, 8.0 / max(grid.shape) * 60)
+    figure = Figure(figsize=(grid.shape[1] / scale, grid.shape[0] / scale + (0.4 if title else 0)))
+    axes = figure.add_axes((0, 0, 1, 0.92 if title else 1))
+    axes.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=100)
+
+
+def save_reconstructions(
+    originals: Tensor,
+    reconstructions: Tensor,
+    image_shape: Sequence[int],
+    path: str | Path,
+    ncols: int = 8,
+) -> None:
+    """Rows of originals, each followed by a row of their reconstructions."""
+    rows = []
+    for start in range(0, len(originals), ncols):
+        rows += [originals[start : start + ncols], reconstructions[start : start + ncols]]
+        missing = ncols - len(rows[-1])
+        if missing:  # pad a short last pair of rows with blank images
+            blank = torch.ones(missing, originals.shape[1])
+            rows[-2:] = [torch.cat((row.cpu(), blank)) for row in rows[-2:]]
+    stacked = torch.cat([row.cpu() for row in rows])
+    save_image_grid(
+        stacked,
+        image_shape,
+        path,
+        ncols=ncols,
+        title="data (odd rows) and reconstructions (even rows)",
+    )
+
+
+def plot_training_curves(history: Sequence[dict], path: str | Path) -> None:
+    """Train and validation ELBO (nats per example) against epoch."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    epochs = [record["epoch"] for record in history]
+    axes.plot(epochs, [r["train_elbo"] for r in history], marker=".", label="train")
+    if history and "val_elbo" in history[0]:
+        axes.plot(epochs, [r["val_elbo"] for r in history], marker=".", label="validation")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("ELBO (nats per example)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def write_run_plots(
+    run_dir: str | Path,
+    model: VAE,
+    test_x: Tensor,
+    image_shape: Sequence[int] | None,
+    history: Sequence[dict],
+    num_images: int = 64,
+) -> None:
+    """``curves.png`` always; ``samples.png`` and ``reconstructions.png`` for image data."""
+    run_dir = Path(run_dir)
+    if history:
+        plot_training_curves(history, run_dir / "curves.png")
+    if image_shape is None or len(image_shape) != 2:
+        return
+    with fixed_randomness(0, test_x.device):
+        samples = model.sample(num_images)
+    save_image_grid(samples, image_shape, run_dir / "samples.png", title="samples (decoder mean)")
+    originals = test_x[:16]
+    save_reconstructions(
+        originals, model.reconstruct(originals), image_shape, run_dir / "reconstructions.png"
+    )

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real-data folder, a small real dataset, quick training settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aevb.data import load_dataset
+from aevb.training import TrainConfig
+
+
+def shared_data_dir() -> Path | None:
+    """``AEVB_DATA_DIR``, else ``../shared/data`` beside the repository, if it exists."""
+    candidates = [os.environ.get("AEVB_DATA_DIR"), Path(__file__).parents[2] / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "mnist").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("real datasets not found: set AEVB_DATA_DIR or place ../shared/data")
+    return found
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled 8×8 digits (real data, no network)."""
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def quick_config() -> TrainConfig:
+    """A small, fast model on digits."""
+    return TrainConfig(
+        dataset="digits", latent_dim=4, hidden=(32,), epochs=3, batch_size=64, device="cpu", seed=0
+    )
