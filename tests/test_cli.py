@@ -1,0 +1,136 @@
+"""End-to-end runs of every ``aevb`` command, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aevb.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
+from aevb.training import load_model
+
+QUICK = ["--latent-dim", "4", "--hidden", "32", "--batch-size", "64", "--no-progress"]
+
+
+def run_cli(args, cwd=None, timeout=300):
+    """Run the installed ``aevb`` entry point in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "aevb.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_sample_reconstruct_end_to_end(tmp_path):
+    """The README's main job (default dataset: digits), then the two image commands."""
+    run_dir = tmp_path / "run"
+    done = run_cli(["train", "--epochs", "3", "--out", run_dir, *QUICK])
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert np.isfinite(summary["test_elbo"]) and summary["epochs"] == 3
+    assert f"run folder: {run_dir}" in done.stdout
+
+    sampled = run_cli(["sample", run_dir, "--num", "16", "--out", tmp_path / "s.png"])
+    assert sampled.returncode == 0, sampled.stderr
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rebuilt = run_cli(["reconstruct", run_dir, "--num", "8", "--out", tmp_path / "r.png"])
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_out_folder_is_under_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1", *QUICK]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("digits-") and (run_dir / "summary.json").is_file()
+
+
+def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
+    """Ctrl-C mid-training: checkpoint, exit 130 with a resume hint; resuming gives the same
+    parameters, bit for bit, as a run that was never interrupted."""
+    args = ["--epochs", "60", "--seed", "5", *QUICK]
+    whole = run_cli(["train", "--out", tmp_path / "whole", *args])
+    assert whole.returncode == 0, whole.stderr
+
+    process = subprocess.Popen([sys.executable, "-m", "aevb.cli", "train", "--out",
+                                str(tmp_path / "split"), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "split" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert f"aevb train --resume {tmp_path / 'split'}" in stderr
+    assert "Traceback" not in stderr
+
+    resumed = run_cli(["train", "--resume", tmp_path / "split", "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_model(tmp_path / "whole", "last"), load_model(tmp_path / "split", "last")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def _npy(path: Path, array) -> Path:
+    np.save(path, np.asarray(array))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d: ["train", "--dataset", "cifar-12"], "unknown dataset"),
+        (lambda d: ["train", "--dataset", d / "missing.npy"], "missing.npy"),
+        (lambda d: ["train", "--dataset", _npy(d / "nan.npy", [[0.5, np.nan]] * 20)], "NaN"),
+        (lambda d: ["train", "--dataset", _npy(d / "flat.npy", np.ones(20))], "flat.npy"),
+        (lambda d: ["train", "--dataset", _npy(d / "big.npy", np.full((20, 3), 4.0)),
+                    "--likelihood", "bernoulli"], "needs data in [0, 1]"),
+        (lambda d: ["train", "--binarize", "none", "--likelihood", "bernoulli"], "grey values"),
+        (lambda d: ["train", "--dataset", "mnist", "--data-dir", d / "empty"], "not found"),
+        (lambda d: ["train", "--lr", "-1"], "lr must be positive"),
+        (lambda d: ["sample", d / "nowhere"], "not an aevb run folder"),
+        (lambda d: ["train", "--resume", d / "nowhere"], "not an aevb run folder"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(tmp_path, capsys, make_args, message):
+    (tmp_path / "empty").mkdir()
+    args = make_args(tmp_path)
+    code = main([*map(str, args), "--out", str(tmp_path / "run")] if args[0] == "train"
+                and "--resume" not in args else list(map(str, args)))
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR
+    assert err.startswith("error: ") and message.lower() in err.lower(), err
+    assert "Traceback" not in err
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), *QUICK]) == 0
+    code = main(["train", "--resume", str(tmp_path / "run"), "--lr", "0.1"])
+    assert code == EXIT_USER_ERROR
+    assert "--lr cannot change when resuming" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2",
+                 "--no-progress"]) == 0
+
+
+def test_existing_run_folder_is_an_error(tmp_path, capsys):
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), *QUICK]) == 0
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "run"), *QUICK]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_corrupt_data_file_from_a_data_dir(tmp_path, capsys):
+    (tmp_path / "mnist").mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / "mnist" / name).write_bytes(os.urandom(100))
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "checksum" in err.lower() and "Traceback" not in err
