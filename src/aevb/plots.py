@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 from torch import Tensor
 
 from aevb.evaluation import fixed_randomness
@@ -40,20 +41,18 @@ def save_image_grid(
     image_shape: Sequence[int],
     path: str | Path,
     ncols: int | None = None,
-    title: str | None = None,
+    min_pixels: int = 400,
 ) -> None:
-    """Write images (N, H·W), values in [0, 1] (clipped), as a grey-scale grid PNG."""
+    """Write images (N, H·W), values in [0, 1] (clipped), as a grey-scale grid PNG.
+
+    Each image pixel becomes a k×k block (nearest neighbour), k chosen so the longer side of
+    the file is at least ``min_pixels`` pixels.
+    """
     if isinstance(images, Tensor):
         images = images.detach().cpu().numpy()
     grid = np.clip(image_grid(images, image_shape, ncols), 0.0, 1.0)
-    scale = max(2.0, 8.0 / max(grid.shape) * 60)
-    figure = Figure(figsize=(grid.shape[1] / scale, grid.shape[0] / scale + (0.4 if title else 0)))
-    axes = figure.add_axes((0, 0, 1, 0.92 if title else 1))
-    axes.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes.set_axis_off()
-    if title:
-        figure.suptitle(title, fontsize=9)
-    figure.savefig(path, dpi=100)
+    k = max(1, math.ceil(min_pixels / max(grid.shape)))
+    imsave(path, np.kron(grid, np.ones((k, k), dtype=grid.dtype)), cmap="gray", vmin=0, vmax=1)
 
 
 def save_reconstructions(
@@ -63,7 +62,7 @@ def save_reconstructions(
     path: str | Path,
     ncols: int = 8,
 ) -> None:
-    """Rows of originals, each followed by a row of their reconstructions."""
+    """Rows of originals (odd rows), each followed by their reconstructions (even rows)."""
     rows = []
     for start in range(0, len(originals), ncols):
         rows += [originals[start : start + ncols], reconstructions[start : start + ncols]]
@@ -72,13 +71,7 @@ def save_reconstructions(
             blank = torch.ones(missing, originals.shape[1])
             rows[-2:] = [torch.cat((row.cpu(), blank)) for row in rows[-2:]]
     stacked = torch.cat([row.cpu() for row in rows])
-    save_image_grid(
-        stacked,
-        image_shape,
-        path,
-        ncols=ncols,
-        title="data (odd rows) and reconstructions (even rows)",
-    )
+    save_image_grid(stacked, image_shape, path, ncols=ncols)
 
 
 def plot_training_curves(history: Sequence[dict], path: str | Path) -> None:
@@ -113,7 +106,7 @@ def write_run_plots(
         return
     with fixed_randomness(0, test_x.device):
         samples = model.sample(num_images)
-    save_image_grid(samples, image_shape, run_dir / "samples.png", title="samples (decoder mean)")
+    save_image_grid(samples, image_shape, run_dir / "samples.png")
     originals = test_x[:16]
     save_reconstructions(
         originals, model.reconstruct(originals), image_shape, run_dir / "reconstructions.png"
