@@ -2,8 +2,10 @@
 
 * ``dataloader``: the conventional loop (as in the well-known PyTorch VAE example): a
   ``DataLoader`` over a ``TensorDataset`` with shuffling, binarizing each batch.
-* ``bare``: the floor — forward, backward and optimiser step of a hand-written VAE of the same
-  size over pre-binarized, in-memory tensors, with no shuffling, metrics or checks.
+* ``bare``: the floor — forward, backward and optimiser step (default ``torch.optim.Adam``) of
+  a hand-written VAE of the same size over pre-binarized, in-memory tensors, with no
+  shuffling, metrics or checks. ``bare-fused`` is the same with the fused Adam kernel, which
+  aevb uses where torch has it.
 * ``aevb``: one epoch of :class:`aevb.training.Trainer` (permutation and dynamic binarization
   on the device, metrics, then validation ELBO and a checkpoint, as in a real run).
 
@@ -102,9 +104,12 @@ def main() -> None:
             binary = torch.bernoulli(grey)
             reference = BareVAE(dataset.data_dim, 500, 20).to(trainer.device)
             ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+            fused = BareVAE(dataset.data_dim, 500, 20).to(trainer.device)
+            fused_optimizer = torch.optim.Adam(fused.parameters(), lr=1e-3, fused=True)
             loops = {
                 "dataloader": partial(dataloader_epoch, reference, ref_optimizer, grey, batch_size),
                 "bare": partial(bare_epoch, reference, ref_optimizer, binary, batch_size),
+                "bare-fused": partial(bare_epoch, fused, fused_optimizer, binary, batch_size),
                 "aevb": trainer.train_epoch,
             }
             times: dict[str, list[float]] = {name: [] for name in loops}
