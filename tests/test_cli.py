@@ -22,8 +22,13 @@ QUICK = ["--latent-dim", "4", "--hidden", "32", "--batch-size", "64", "--no-prog
 
 def run_cli(args, cwd=None, timeout=300):
     """Run the installed ``aevb`` entry point in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "aevb.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "aevb.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_train_sample_reconstruct_end_to_end(tmp_path):
@@ -35,9 +40,9 @@ def test_train_sample_reconstruct_end_to_end(tmp_path):
     assert np.isfinite(summary["test_elbo"]) and summary["epochs"] == 3
     assert f"run folder: {run_dir}" in done.stdout
 
-    sampled = run_cli(["sample", run_dir, "--num", "16", "--out", tmp_path / "s.png"])
+    sampled = run_cli(["sample", run_dir, "--num", "16", "--out", tmp_path / "new/s.png"])
     assert sampled.returncode == 0, sampled.stderr
-    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "new/s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rebuilt = run_cli(["reconstruct", run_dir, "--num", "8", "--out", tmp_path / "r.png"])
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -57,9 +62,12 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
     whole = run_cli(["train", "--out", tmp_path / "whole", *args])
     assert whole.returncode == 0, whole.stderr
 
-    process = subprocess.Popen([sys.executable, "-m", "aevb.cli", "train", "--out",
-                                str(tmp_path / "split"), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aevb.cli", "train", "--out", str(tmp_path / "split"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "split" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
@@ -90,8 +98,16 @@ def _npy(path: Path, array) -> Path:
         (lambda d: ["train", "--dataset", d / "missing.npy"], "missing.npy"),
         (lambda d: ["train", "--dataset", _npy(d / "nan.npy", [[0.5, np.nan]] * 20)], "NaN"),
         (lambda d: ["train", "--dataset", _npy(d / "flat.npy", np.ones(20))], "flat.npy"),
-        (lambda d: ["train", "--dataset", _npy(d / "big.npy", np.full((20, 3), 4.0)),
-                    "--likelihood", "bernoulli"], "needs data in [0, 1]"),
+        (
+            lambda d: [
+                "train",
+                "--dataset",
+                _npy(d / "big.npy", np.full((20, 3), 4.0)),
+                "--likelihood",
+                "bernoulli",
+            ],
+            "needs data in [0, 1]",
+        ),
         (lambda d: ["train", "--binarize", "none", "--likelihood", "bernoulli"], "grey values"),
         (lambda d: ["train", "--dataset", "mnist", "--data-dir", d / "empty"], "not found"),
         (lambda d: ["train", "--lr", "-1"], "lr must be positive"),
@@ -102,8 +118,11 @@ def _npy(path: Path, array) -> Path:
 def test_bad_input_gets_one_clear_error(tmp_path, capsys, make_args, message):
     (tmp_path / "empty").mkdir()
     args = make_args(tmp_path)
-    code = main([*map(str, args), "--out", str(tmp_path / "run")] if args[0] == "train"
-                and "--resume" not in args else list(map(str, args)))
+    code = main(
+        [*map(str, args), "--out", str(tmp_path / "run")]
+        if args[0] == "train" and "--resume" not in args
+        else list(map(str, args))
+    )
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR
     assert err.startswith("error: ") and message.lower() in err.lower(), err
@@ -115,8 +134,7 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     code = main(["train", "--resume", str(tmp_path / "run"), "--lr", "0.1"])
     assert code == EXIT_USER_ERROR
     assert "--lr cannot change when resuming" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2",
-                 "--no-progress"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"]) == 0
 
 
 def test_existing_run_folder_is_an_error(tmp_path, capsys):
@@ -127,10 +145,15 @@ def test_existing_run_folder_is_an_error(tmp_path, capsys):
 
 def test_corrupt_data_file_from_a_data_dir(tmp_path, capsys):
     (tmp_path / "mnist").mkdir()
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         (tmp_path / "mnist" / name).write_bytes(os.urandom(100))
-    code = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path),
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        ["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "checksum" in err.lower() and "Traceback" not in err

@@ -157,6 +157,7 @@ def _sample(args: argparse.Namespace) -> int:
     image_shape = _image_shape(read_run_config(args.run_dir), "sample")
     model = load_model(args.run_dir, device=args.device)
     torch.manual_seed(args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(model.sample(args.num, mean=not args.draw), image_shape, args.out)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
@@ -177,6 +178,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     model = load_model(args.run_dir, device=args.device)
     device = next(model.parameters()).device
     x = binarize_once(split[: args.num], config.binarize).to(device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_reconstructions(x, model.reconstruct(x), image_shape, args.out)
     print(f"wrote {len(x)} reconstructions to {args.out}")
     return 0
