@@ -171,7 +171,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(checkpoints, "save_file", disk_full)
+    monkeypatch.setattr(checkpoints.os, "replace", disk_full)
     with pytest.raises(OSError):
         checkpoints.save_checkpoint(path, {"w": torch.zeros(3)}, {"epoch": 2})
     tensors, metadata = checkpoints.load_checkpoint(path)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 from aevb.errors import AevbError
@@ -45,18 +45,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: dict) -> None:
     """Atomically write ``tensors`` (moved to CPU) and JSON-serialisable ``metadata``."""
-    path = Path(path)
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata={_METADATA_KEY: json.dumps(metadata)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(cpu, metadata={_METADATA_KEY: json.dumps(metadata)}))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
@@ -65,11 +55,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     if not path.is_file():
         raise AevbError(f"checkpoint {path} does not exist")
     try:
-        tensors = load_file(path)
-        with open(path, "rb") as f:
-            header_size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_size))
-        metadata = json.loads(header["__metadata__"][_METADATA_KEY])
+        with safe_open(path, framework="pt") as f:
+            metadata = json.loads(f.metadata()[_METADATA_KEY])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
         raise AevbError(
             f"checkpoint {path} is truncated, corrupt or not an aevb checkpoint ({error})"
