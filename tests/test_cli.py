@@ -47,6 +47,32 @@ def test_train_sample_reconstruct_end_to_end(tmp_path):
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    evaluated = run_cli(
+        ["evaluate", run_dir, "--importance-samples", "40", "--json", "--no-progress"]
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    for key in (
+        "elbo",
+        "iwae_bound",
+        "log_likelihood",
+        "reconstruction",
+        "kl",
+        "bits_per_dim",
+        "active_units",
+        "latent_dim",
+        "num_examples",
+        "importance_samples",
+        "seconds",
+    ):
+        assert key in result, key
+    assert result["elbo"] < result["log_likelihood"] and result["importance_samples"] == 40
+    assert result["num_examples"] == 359  # digits' test split
+    table = run_cli(
+        ["evaluate", run_dir, "--importance-samples", "10", "--split", "val", "--no-progress"]
+    )
+    assert table.returncode == 0 and "log-likelihood log p(x)" in table.stdout
+
 
 def test_default_out_folder_is_under_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -145,7 +145,8 @@ def test_resume_can_extend_epochs(tmp_path, digits, quick_config):
 def test_early_stopping_with_patience(tmp_path, digits, quick_config):
     # A learning rate far too high for Adam makes the validation ELBO stall at once.
     config = dataclasses.replace(quick_config, epochs=40, patience=2, lr=0.5)
-    summary = train(config, tmp_path / "run", dataset=digits, progress=False)
+    with pytest.warns(UserWarning, match="latent units are active"):  # it collapses, too
+        summary = train(config, tmp_path / "run", dataset=digits, progress=False)
     assert summary["stopped_early"]
     assert summary["epochs"] == summary["best_epoch"] + 2 < 40
 
@@ -253,3 +254,41 @@ def test_mnist_three_epochs_reaches_the_papers_regime(tmp_path, data_dir):
     )
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["test_elbo"] >= -118
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"objective": "iwae", "samples": 4},
+        {"posterior": "full"},
+        {"objective": "score-function", "samples": 2},
+        {"objective": "sgvb-a", "free_bits": 0.1},
+    ],
+)
+def test_other_objectives_and_posteriors_train_and_resume_exactly(
+    tmp_path, digits, quick_config, changes
+):
+    config = dataclasses.replace(quick_config, epochs=2, **changes)
+    summary = train(config, tmp_path / "whole", dataset=digits, progress=False)
+    assert np.isfinite(summary["test_elbo"]) and 0 <= summary["test_active_units"] <= 4
+
+    def crash_after_one(trainer):
+        if trainer.state.epoch == 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(
+            config, tmp_path / "split", dataset=digits, progress=False, on_epoch_end=crash_after_one
+        )
+    resume(tmp_path / "split", dataset=digits, progress=False)
+    _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
+
+
+def test_free_bits_with_iwae_is_refused(tmp_path, digits, quick_config):
+    with pytest.raises(ConfigError, match="free bits"):
+        train(
+            dataclasses.replace(quick_config, objective="iwae", free_bits=0.5),
+            tmp_path / "r",
+            dataset=digits,
+            progress=False,
+        )

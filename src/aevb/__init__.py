@@ -7,13 +7,15 @@ The layers, from the maths up: :mod:`aevb.distributions`, :mod:`aevb.networks`,
 """
 
 from aevb.errors import AevbError, ConfigError, DataError
+from aevb.evaluation import evaluate
 from aevb.models import VAE, ModelConfig
-from aevb.objectives import SGVBA, SGVBB, make_objective
+from aevb.objectives import IWAE, SGVBA, SGVBB, ScoreFunction, make_objective
 from aevb.training import TrainConfig, load_model, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IWAE",
     "SGVBA",
     "SGVBB",
     "VAE",
@@ -21,7 +23,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ModelConfig",
+    "ScoreFunction",
     "TrainConfig",
+    "evaluate",
     "load_model",
     "make_objective",
     "resume",

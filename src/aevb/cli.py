@@ -1,4 +1,4 @@
-"""The ``aevb`` command line: ``train``, ``sample`` and ``reconstruct``.
+"""The ``aevb`` command line: ``train``, ``evaluate``, ``sample`` and ``reconstruct``.
 
 Every command is a thin layer over the Python API. Problems with the user's input end with
 one ``error: …`` line and exit status 2, never a traceback.
@@ -32,7 +32,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from aevb.data import DATASETS
-    from aevb.models import LIKELIHOODS
+    from aevb.models import LIKELIHOODS, POSTERIORS
     from aevb.networks import ACTIVATIONS, INITIALISATIONS
     from aevb.objectives import OBJECTIVES
     from aevb.training import BINARIZATIONS, OPTIMIZERS
@@ -73,8 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hidden", type=_positive_int, nargs="+", help="hidden layer sizes (default 500)")
     add("--activation", choices=sorted(ACTIVATIONS), help="default tanh, as in the paper")
     add("--init", choices=INITIALISATIONS, help="'paper' draws weights from N(0, 0.01²)")
-    add("--objective", choices=sorted(OBJECTIVES), help="SGVB estimator (default sgvb-b)")
-    add("--samples", type=_positive_int, help="latent samples L per datapoint (default 1)")
+    add("--posterior", choices=POSTERIORS, help="q(z|x) covariance (default diagonal)")
+    add(
+        "--objective",
+        choices=sorted(OBJECTIVES),
+        help="sgvb-a, sgvb-b (default), iwae (with --samples k) or score-function",
+    )
+    add("--samples", type=_positive_int, help="latent samples L (or k) per datapoint (default 1)")
     add("--beta", type=float, help="weight of the KL term (default 1: the ELBO)")
     add("--beta-start", type=float, help="KL weight at step 0 of the warm-up (default 0)")
     add("--warmup-steps", type=int, help="steps of linear KL warm-up (default 0: none)")
@@ -118,6 +123,42 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--split", choices=("test", "val", "train"), default="test")
     reconstruct.add_argument("--out", default="reconstructions.png", help="PNG file to write")
     reconstruct.add_argument("--device", default="cpu")
+    evaluate = commands.add_parser(
+        "evaluate", help="importance-sampled log-likelihood, IWAE bound, ELBO, active units"
+    )
+    evaluate.add_argument("run_dir", help="a run folder written by aevb train")
+    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
+    evaluate.add_argument(
+        "--importance-samples",
+        type=_positive_int,
+        default=5000,
+        help="k draws from the encoder per datapoint (default 5000)",
+    )
+    evaluate.add_argument(
+        "--iwae-samples",
+        type=_positive_int,
+        default=50,
+        help="m of the reported IWAE bound L_m (default 50)",
+    )
+    evaluate.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="datapoints per chunk (default: sized to ~64 MiB per chunk)",
+    )
+    evaluate.add_argument(
+        "--num-examples", type=_positive_int, help="evaluate only the first N examples of the split"
+    )
+    evaluate.add_argument("--float64", action="store_true", help="accumulate in float64")
+    evaluate.add_argument(
+        "--which",
+        choices=("best", "last"),
+        default="best",
+        help="checkpoint to evaluate (default best)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -164,20 +205,13 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from aevb.data import load_dataset
     from aevb.plots import save_reconstructions
-    from aevb.training import TrainConfig, binarize_once, load_model, read_run_config
+    from aevb.training import load_model, load_run_split, read_run_config
 
     run = read_run_config(args.run_dir)
     image_shape = _image_shape(run, "reconstruct")
-    config = TrainConfig.from_dict(run["train"])
-    dataset = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction)
-    split = getattr(dataset, args.split)
-    if len(split) == 0:
-        raise AevbError(f"the {args.split} split of {config.dataset} is empty")
     model = load_model(args.run_dir, device=args.device)
-    device = next(model.parameters()).device
-    x = binarize_once(split[: args.num], config.binarize).to(device)
+    x = load_run_split(run, args.split, args.num).to(next(model.parameters()).device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_reconstructions(x, model.reconstruct(x), image_shape, args.out)
     print(f"wrote {len(x)} reconstructions to {args.out}")
@@ -191,7 +225,60 @@ def _image_shape(run: dict, command: str) -> tuple[int, int]:
     return tuple(shape)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "reconstruct": _reconstruct}
+def _evaluate(args: argparse.Namespace) -> int:
+    from aevb.diagnostics import warn_if_collapsed
+    from aevb.evaluation import evaluate
+    from aevb.training import load_model, load_run_split, read_run_config
+
+    run = read_run_config(args.run_dir)
+    model = load_model(args.run_dir, which=args.which, device=args.device)
+    x = load_run_split(run, args.split, args.num_examples).to(next(model.parameters()).device)
+    result = evaluate(
+        model,
+        x,
+        importance_samples=args.importance_samples,
+        iwae_samples=args.iwae_samples,
+        batch_size=args.batch_size,
+        float64=args.float64,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    values = {
+        "run_dir": str(args.run_dir),
+        "split": args.split,
+        "checkpoint": args.which,
+        **result.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(values))
+    else:
+        print(_table(values))
+    warn_if_collapsed(result.active_units, result.latent_dim)
+    return 0
+
+
+def _table(values: dict) -> str:
+    rows = [
+        (
+            "log-likelihood log p(x)",
+            f"{values['log_likelihood']:.3f} ± "
+            f"{values['log_likelihood_se']:.3f} nats (k = {values['importance_samples']})",
+        ),
+        (f"IWAE bound L_{values['iwae_samples']}", f"{values['iwae_bound']:.3f} nats"),
+        ("ELBO (estimator B)", f"{values['elbo']:.3f} nats"),
+        ("ELBO (estimator A)", f"{values['elbo_a']:.3f} nats"),
+        ("reconstruction E_q log p(x|z)", f"{values['reconstruction']:.3f} nats"),
+        ("KL(q(z|x) ‖ p(z))", f"{values['kl']:.3f} nats"),
+        ("bits per dimension", f"{values['bits_per_dim']:.4f}"),
+        ("active units", f"{values['active_units']} of {values['latent_dim']}"),
+        ("examples", f"{values['num_examples']} ({values['split']} split)"),
+        ("seconds", f"{values['seconds']:.1f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+COMMANDS = {"train": _train, "sample": _sample, "reconstruct": _reconstruct, "evaluate": _evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,33 @@
-"""Evaluation of a trained model on held-out data."""
+"""Evaluation on held-out data: the ELBO, the IWAE bound and the importance-sampled log p(x).
+
+All three come from one computation, the log-weights log w = log p(x, z) − log q(z|x) of k
+draws z ~ q(z|x) (:func:`aevb.objectives.latent_samples`), batched over datapoints *and*
+samples in chunks sized to a memory budget, and reduced with running ``logsumexp``:
+
+* log p̂(x) = log (1/k) Σ_i w_i — consistent for log p(x) as k → ∞, and an unbiased estimate
+  of the bound L_k, so its expectation is at most log p(x);
+* the IWAE bound L_m for m < k, estimated from the same draws split into k/m groups;
+* the ELBO by estimator B (analytic KL) with all k draws, and by estimator A.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from aevb.distributions import is_factorised, kl_per_dimension, kl_to_standard_normal
 from aevb.models import VAE
-from aevb.objectives import SGVBB
+from aevb.objectives import SGVBB, latent_samples
+
+# Elements of the (samples × datapoints × data_dim) likelihood tensor per chunk: 2²⁴ float32
+# values are 64 MiB, and the decoder's activations a few times that.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
 
 @contextmanager
@@ -49,3 +68,155 @@ def evaluate_elbo(
     model.train(was_training)
     elbo, reconstruction, kl = (totals / len(x)).tolist()
     return {"elbo": elbo, "reconstruction": reconstruction, "kl": kl}
+
+
+@dataclass
+class Evaluation:
+    """Per-example means over a data split, in nats (``bits_per_dim``: bits per dimension).
+
+    ``log_likelihood_se`` is the Monte Carlo standard error of the mean log p̂(x) (delta
+    method per example, combined over examples): the spread to expect across seeds.
+    """
+
+    log_likelihood: float
+    log_likelihood_se: float
+    iwae_bound: float
+    iwae_samples: int
+    elbo: float
+    elbo_a: float
+    reconstruction: float
+    kl: float
+    kl_per_dim: list[float] | None
+    bits_per_dim: float
+    active_units: int
+    latent_dim: int
+    num_examples: int
+    importance_samples: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(
+    model: VAE,
+    x: Tensor,
+    importance_samples: int = 5000,
+    iwae_samples: int = 50,
+    batch_size: int | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    float64: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> Evaluation:
+    """Importance-sampled log p(x), IWAE bound, ELBO (A and B), KL and active units of x.
+
+    x: (N, data_dim) on the model's device. ``importance_samples`` k draws per datapoint
+    from the encoder; ``iwae_samples`` m (a divisor of k is used: the largest ≤ m) sets the
+    reported L_m. ``batch_size`` datapoints (default: sized so one sample chunk of the batch
+    has about ``chunk_elements`` likelihood values) are processed together; ``float64``
+    accumulates the log-weights in double precision.
+    """
+    n, data_dim = x.shape
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty data split")
+    k = int(importance_samples)
+    m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
+    if batch_size is None:
+        batch_size = max(1, min(n, chunk_elements // data_dim))
+    samples_per_chunk = max(1, min(k, chunk_elements // (batch_size * data_dim)))
+    dtype = torch.float64 if float64 else torch.float32
+    was_training = model.training
+    model.eval()
+    started = time.perf_counter()
+    totals = torch.zeros(6, dtype=torch.float64, device=x.device)
+    posterior_means, kl_dims = [], []
+    bar = tqdm(total=n * k, disable=not progress, unit="sample", unit_scale=True, desc="evaluate")
+    with fixed_randomness(seed, x.device), bar:
+        for start in range(0, n, batch_size):
+            batch = x[start : start + batch_size]
+            stats = _batch_statistics(model, batch, k, m, samples_per_chunk, dtype, bar)
+            totals += stats.sum(1).double()
+            posterior = model.posterior(batch)
+            posterior_means.append(posterior.mean)
+            if is_factorised(posterior):
+                kl_dims.append(kl_per_dimension(posterior, model.prior).sum(0))
+    model.train(was_training)
+    log_likelihood, variance_sum, iwae, elbo_a, reconstruction, kl = (totals / n).tolist()
+    log_likelihood_se = math.sqrt(variance_sum * n) / n
+    kl_per_dim = (torch.stack(kl_dims).sum(0) / n).tolist() if kl_dims else None
+    return Evaluation(
+        log_likelihood=log_likelihood,
+        log_likelihood_se=log_likelihood_se,
+        iwae_bound=iwae,
+        iwae_samples=m,
+        elbo=reconstruction - kl,
+        elbo_a=elbo_a,
+        reconstruction=reconstruction,
+        kl=kl,
+        kl_per_dim=kl_per_dim,
+        bits_per_dim=-log_likelihood / (data_dim * math.log(2)),
+        active_units=count_active_units(torch.cat(posterior_means)),
+        latent_dim=model.latent_dim,
+        num_examples=n,
+        importance_samples=k,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _batch_statistics(
+    model: VAE, x: Tensor, k: int, m: int, chunk: int, dtype: torch.dtype, bar: tqdm
+) -> Tensor:
+    """Per-example sums for one batch of datapoints: (6, batch).
+
+    Rows: log p̂(x); the delta-method variance of log p̂(x); L_m (mean over the k/m groups);
+    the estimator-A ELBO; mean log p(x|z); analytic KL. Log-weights are reduced chunk by
+    chunk with a running logsumexp, so memory does not grow with k.
+    """
+    b = len(x)
+    log_sum_w = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
+    log_sum_w2 = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
+    group_bound_sum = torch.zeros(b, dtype=dtype, device=x.device)
+    group = torch.empty(0, b, dtype=dtype, device=x.device)  # log-weights of an open group
+    sum_log_w = torch.zeros(b, dtype=dtype, device=x.device)
+    sum_log_likelihood = torch.zeros(b, dtype=dtype, device=x.device)
+    posterior = model.posterior(x)
+    for start in range(0, k, chunk):
+        samples = latent_samples(model, x, min(chunk, k - start))
+        log_w = samples.log_weights.to(dtype)
+        log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
+        log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, 0))
+        sum_log_w += log_w.sum(0)
+        sum_log_likelihood += samples.log_likelihood.to(dtype).sum(0)
+        group = torch.cat((group, log_w))
+        full = len(group) // m * m
+        if full:
+            groups = group[:full].reshape(-1, m, b)
+            group_bound_sum += (torch.logsumexp(groups, 1) - math.log(m)).sum(0)
+            group = group[full:]
+        bar.update(len(log_w) * b)
+    log_mean_w = log_sum_w - math.log(k)
+    # Delta method: Var[log p̂] ≈ Var[w] / (k E[w]²) = (E[w²]/E[w]² − 1) / k.
+    relative_second_moment = torch.exp(log_sum_w2 - math.log(k) - 2 * log_mean_w)
+    variance = (relative_second_moment - 1).clamp(min=0) / k
+    return torch.stack(
+        (
+            log_mean_w,
+            variance,
+            group_bound_sum / (k // m),
+            sum_log_w / k,
+            sum_log_likelihood / k,
+            kl_to_standard_normal(posterior).to(dtype),
+        )
+    )
+
+
+def count_active_units(posterior_means: Tensor, threshold: float = 0.01) -> int:
+    """Latent units whose posterior mean varies over the data: Var_x(E_q[z_j]) > threshold.
+
+    posterior_means: (N, latent_dim). The criterion of Burda et al. (2015).
+    """
+    if len(posterior_means) < 2:
+        return 0
+    return int((posterior_means.double().var(0) > threshold).sum())

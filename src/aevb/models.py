@@ -14,11 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aevb.distributions import bernoulli, diagonal_gaussian, gaussian, standard_normal
+from aevb.distributions import (
+    bernoulli,
+    diagonal_gaussian,
+    full_covariance_gaussian,
+    gaussian,
+    standard_normal,
+)
 from aevb.errors import ConfigError
 from aevb.networks import ACTIVATIONS, INITIALISATIONS, initialise, mlp
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
+POSTERIORS = ("diagonal", "full")
 
 # Smallest standard deviation a learned Gaussian likelihood may reach. Without a floor the
 # density of a pixel that is always reconstructed exactly grows without bound (σ → 0) and
@@ -38,6 +45,7 @@ class ModelConfig:
     likelihood_std: float = 0.1  # σ of the fixed-variance Gaussian likelihood (c = σ²)
     squash_mean: bool = False  # sigmoid on the learned Gaussian's mean (paper's Frey Face decoder)
     init: str = "default"
+    posterior: str = "diagonal"  # q(z|x): "diagonal" or "full" covariance
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -52,6 +60,8 @@ class ModelConfig:
             problems.append(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if not self.likelihood_std > 0:
             problems.append("likelihood_std must be positive")
+        if self.posterior not in POSTERIORS:
+            problems.append(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}")
         if self.init not in INITIALISATIONS:
             problems.append(f"init must be one of {INITIALISATIONS}")
         if problems:
@@ -79,6 +89,34 @@ class GaussianEncoder(nn.Module):
         """x: (..., data_dim) → distribution with batch shape (...) and event (latent_dim,)."""
         loc, log_variance = self.net(x).chunk(2, dim=-1)
         return diagonal_gaussian(loc, log_variance)
+
+
+class FullCovarianceEncoder(nn.Module):
+    """q_φ(z|x) = N(μ(x), L(x) L(x)ᵀ), L lower-triangular with a positive diagonal.
+
+    One trunk outputs μ and the D(D+1)/2 entries of L; the diagonal is softplus(·) + 1e-5,
+    so Σ is positive definite by construction (the seed notes' H(x) = h(x) h(x)ᵀ).
+    """
+
+    def __init__(self, data_dim: int, hidden: tuple[int, ...], latent_dim: int, activation: str):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.net = mlp(
+            data_dim, hidden, latent_dim + latent_dim * (latent_dim + 1) // 2, activation
+        )
+        rows, cols = torch.tril_indices(latent_dim, latent_dim)
+        self.register_buffer("_rows", rows, persistent=False)
+        self.register_buffer("_cols", cols, persistent=False)
+
+    def forward(self, x: Tensor) -> Distribution:
+        out = self.net(x)
+        d = self.latent_dim
+        loc, entries = out[..., :d], out[..., d:]
+        scale_tril = out.new_zeros((*out.shape[:-1], d, d))
+        scale_tril[..., self._rows, self._cols] = entries
+        diagonal = F.softplus(scale_tril.diagonal(dim1=-2, dim2=-1)) + 1e-5
+        scale_tril = scale_tril.tril(-1) + torch.diag_embed(diagonal)
+        return full_covariance_gaussian(loc, scale_tril)
 
 
 class BernoulliDecoder(nn.Module):
@@ -135,7 +173,8 @@ class VAE(nn.Module):
         self.config = config
         c = config
         decoder_hidden = tuple(reversed(c.hidden))
-        self.encoder = GaussianEncoder(c.data_dim, c.hidden, c.latent_dim, c.activation)
+        encoder = GaussianEncoder if c.posterior == "diagonal" else FullCovarianceEncoder
+        self.encoder = encoder(c.data_dim, c.hidden, c.latent_dim, c.activation)
         if c.likelihood == "bernoulli":
             self.decoder = BernoulliDecoder(c.latent_dim, decoder_hidden, c.data_dim, c.activation)
         elif c.likelihood == "gaussian":

@@ -1,10 +1,14 @@
 """Variational objectives as small interchangeable objects over one shared computation.
 
-Every objective draws ``num_samples`` (L) reparameterised latents per datapoint with
-:func:`latent_samples`, then combines the same three log-densities differently:
+Every objective draws k = ``num_samples`` latents per datapoint with :func:`latent_samples`
+and combines the same log-densities differently. With the *log-weight*
+log w = log p(x|z) + log p(z) − log q(z|x):
 
-* **SGVB estimator A** (paper eq. 6): (1/L) Σ_l [log p(x, z_l) − log q(z_l|x)], KL by Monte Carlo.
+* **SGVB estimator A** (paper eq. 6): (1/L) Σ_l log w_l — the KL by Monte Carlo.
 * **SGVB estimator B** (paper eq. 7): (1/L) Σ_l log p(x|z_l) − KL(q(z|x) ‖ p(z)), KL analytic.
+* **IWAE** (Burda et al. 2015): L_k = log (1/k) Σ_i w_i, a tighter bound for k > 1.
+* **Score function** (REINFORCE / black-box VI): the ELBO with its encoder gradient estimated
+  by E_q[(log w − b) ∇_φ log q(z|x)] instead of by reparameterisation.
 
 Reduction, everywhere in aevb: a per-example value in nats is the sum over data (and latent)
 dimensions; a batch value is the mean over the batch. The paper's minibatch estimator
@@ -13,21 +17,27 @@ dimensions; a batch value is the mean over the batch. The paper's minibatch esti
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from aevb.distributions import kl_per_dimension
+from aevb.distributions import is_factorised, kl_per_dimension, kl_to_standard_normal
+from aevb.errors import ConfigError
 from aevb.models import VAE
 
 __all__ = [
+    "IWAE",
     "OBJECTIVES",
     "SGVBA",
     "SGVBB",
     "LatentSamples",
     "ObjectiveTerms",
+    "ScoreFunction",
     "kl_weight",
     "latent_samples",
     "make_objective",
@@ -36,70 +46,103 @@ __all__ = [
 
 @dataclass
 class LatentSamples:
-    """Reparameterised draws z ~ q(z|x) and the densities every objective needs.
+    """Draws z ~ q(z|x) and the log-densities every objective is built from.
 
-    Shapes: ``z`` (L, batch, latent_dim); ``log_likelihood`` (L, batch) = log p(x|z) summed over
-    data dimensions, nats.
+    Shapes: ``z`` (k, batch, latent_dim); ``log_likelihood``, ``log_prior``, ``log_posterior``
+    and ``log_weights`` (k, batch), nats. The last three are computed on first use.
     """
 
+    model: VAE
     posterior: Distribution
     z: Tensor
     log_likelihood: Tensor
 
+    @cached_property
+    def log_prior(self) -> Tensor:
+        return self.model.prior.log_prob(self.z)
 
-def latent_samples(model: VAE, x: Tensor, num_samples: int = 1) -> LatentSamples:
-    """Encode x: (batch, data_dim), draw L = ``num_samples`` latents per row, decode them."""
+    @cached_property
+    def log_posterior(self) -> Tensor:
+        return self.posterior.log_prob(self.z)
+
+    @cached_property
+    def log_weights(self) -> Tensor:
+        """log w = log p(x, z) − log q(z|x): (k, batch)."""
+        return self.log_likelihood + self.log_prior - self.log_posterior
+
+
+def latent_samples(
+    model: VAE, x: Tensor, num_samples: int = 1, reparameterised: bool = True
+) -> LatentSamples:
+    """Encode x: (batch, data_dim), draw k = ``num_samples`` latents per row, decode them.
+
+    With ``reparameterised=False`` the draws carry no gradient (for the score function).
+    """
     posterior = model.posterior(x)
-    z = posterior.rsample((num_samples,))
-    return LatentSamples(posterior, z, model.likelihood(z).log_prob(x))
+    shape = (num_samples,)
+    z = posterior.rsample(shape) if reparameterised else posterior.sample(shape)
+    return LatentSamples(model, posterior, z, model.likelihood(z).log_prob(x))
 
 
 @dataclass
 class ObjectiveTerms:
     """Batch means, in nats per example. ``loss`` is what the optimiser minimises.
 
-    ``elbo = reconstruction − kl``; ``loss = −(reconstruction − β · kl)`` (with free bits,
-    the KL of each latent dimension in the loss is at least the free-bits threshold).
-    ``kl_per_dim`` (latent_dim,) is the batch-mean KL of each latent dimension.
+    ``elbo = reconstruction − kl``. For the SGVB estimators ``loss = −(reconstruction − β·kl)``
+    (with free bits, each latent dimension's KL in the loss is at least the threshold); for
+    IWAE ``loss = −L_k``, reported as ``bound``. ``kl_per_dim`` (latent_dim,) is the batch-mean
+    KL of each latent dimension, where q factorises (else ``None``).
     """
 
     loss: Tensor
     elbo: Tensor
     reconstruction: Tensor
     kl: Tensor
-    kl_per_dim: Tensor
+    kl_per_dim: Tensor | None
+    bound: Tensor
 
 
-class _SGVB:
-    """Shared machinery of the two SGVB estimators; subclasses supply the KL per dimension."""
+class Objective:
+    """Base of all objectives: ``objective(model, x, beta)`` → :class:`ObjectiveTerms`."""
 
     name: str
 
     def __init__(self, num_samples: int = 1, free_bits: float = 0.0):
         if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+            raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
         if free_bits < 0:
-            raise ValueError(f"free_bits must be non-negative, got {free_bits}")
+            raise ConfigError(f"free_bits must be non-negative, got {free_bits}")
         self.num_samples = int(num_samples)
         self.free_bits = float(free_bits)
 
-    def kl_per_example_and_dim(self, model: VAE, samples: LatentSamples) -> Tensor:
-        """KL estimate per example and latent dimension: (batch, latent_dim) nats."""
+    def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_samples={self.num_samples}, free_bits={self.free_bits})"
+
+
+class _SGVB(Objective):
+    """Shared machinery of the two SGVB estimators; subclasses supply the KL estimate."""
+
+    def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
+        """Batch-mean KL estimate (scalar) and, where q factorises, its split per dimension."""
         raise NotImplementedError
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
         """Evaluate on x: (batch, data_dim) with KL weight ``beta`` (β = 1 is the ELBO)."""
         samples = latent_samples(model, x, self.num_samples)
         reconstruction = samples.log_likelihood.mean()
-        kl_per_dim = self.kl_per_example_and_dim(model, samples).mean(0)
-        kl = kl_per_dim.sum()
-        # Free bits (Kingma et al. 2016): no pressure on a dimension's batch-mean KL below λ.
-        kl_in_loss = kl_per_dim.clamp(min=self.free_bits).sum() if self.free_bits else kl
+        kl, kl_per_dim = self.kl(model, samples)
+        kl_in_loss = kl
+        if self.free_bits:
+            if kl_per_dim is None:
+                raise ConfigError("free bits need a posterior that factorises over dimensions")
+            # Free bits (Kingma et al. 2016): no pressure on a dimension's batch-mean KL below λ.
+            kl_in_loss = kl_per_dim.clamp(min=self.free_bits).sum()
+        elbo = reconstruction - kl
         loss = beta * kl_in_loss - reconstruction
-        return ObjectiveTerms(loss, reconstruction - kl, reconstruction, kl, kl_per_dim)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_samples={self.num_samples}, free_bits={self.free_bits})"
+        return ObjectiveTerms(loss, elbo, reconstruction, kl, kl_per_dim, elbo)
 
 
 class SGVBA(_SGVB):
@@ -110,34 +153,110 @@ class SGVBA(_SGVB):
 
     name = "sgvb-a"
 
-    def kl_per_example_and_dim(self, model: VAE, samples: LatentSamples) -> Tensor:
-        # Both q (diagonal) and p (standard normal) factorise over latent dimensions, so the
-        # Monte Carlo KL splits per dimension too; averaged over the L samples.
-        z = samples.z
-        log_q = samples.posterior.base_dist.log_prob(z)
-        log_p = model.prior.base_dist.log_prob(z)
-        return (log_q - log_p).mean(0)
+    def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
+        if is_factorised(samples.posterior):
+            # q (diagonal) and p (standard normal) both factorise, so the Monte Carlo KL
+            # splits per dimension too (needed for free bits).
+            log_q = samples.posterior.base_dist.log_prob(samples.z)
+            log_p = model.prior.base_dist.log_prob(samples.z)
+            per_dim = (log_q - log_p).mean((0, 1))
+            return per_dim.sum(), per_dim
+        return (samples.log_posterior - samples.log_prior).mean(), None
 
 
 class SGVBB(_SGVB):
-    """SGVB estimator B: the KL term in closed form, ½ Σ (μ² + σ² − 1 − log σ²).
+    """SGVB estimator B: the KL term in closed form, ½ Σ (μ² + σ² − 1 − log σ²) (diagonal)
+    or ½ (tr Σ + μᵀμ − D − log det Σ) (full covariance).
 
     Valid when KL(q ‖ p) is analytic (Gaussian posterior and prior); lower variance than A.
     """
 
     name = "sgvb-b"
 
-    def kl_per_example_and_dim(self, model: VAE, samples: LatentSamples) -> Tensor:
-        return kl_per_dimension(samples.posterior, model.prior)
+    def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
+        if is_factorised(samples.posterior):
+            per_dim = kl_per_dimension(samples.posterior, model.prior).mean(0)
+            return per_dim.sum(), per_dim
+        return kl_to_standard_normal(samples.posterior).mean(), None
 
 
-OBJECTIVES: dict[str, type[_SGVB]] = {"sgvb-a": SGVBA, "sgvb-b": SGVBB}
+class IWAE(Objective):
+    """The importance-weighted bound L_k = E[log (1/k) Σ_i w_i] (Burda et al. 2015).
+
+    The gradient of ``logsumexp`` is Σ_i w̃_i ∇ log w_i with w̃ = softmax(log w): normalised
+    weights that carry no gradient themselves, so the best samples weigh most. (Multiplying
+    by unnormalised or undetached weights is the bug this avoids.) With β ≠ 1 the prior and
+    posterior terms of log w are scaled by β; k = 1 gives SGVB estimator A.
+    """
+
+    name = "iwae"
+
+    def __init__(self, num_samples: int = 5, free_bits: float = 0.0):
+        super().__init__(num_samples, free_bits)
+        if free_bits:
+            raise ConfigError("free bits are not defined for the IWAE objective")
+
+    def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        samples = latent_samples(model, x, self.num_samples)
+        log_ratio = samples.log_prior - samples.log_posterior
+        log_weights = samples.log_likelihood + beta * log_ratio
+        bound = (torch.logsumexp(log_weights, 0) - math.log(self.num_samples)).mean()
+        reconstruction = samples.log_likelihood.mean()
+        kl = -log_ratio.mean()
+        return ObjectiveTerms(-bound, reconstruction - kl, reconstruction, kl, None, bound)
 
 
-def make_objective(name: str, num_samples: int = 1, free_bits: float = 0.0) -> _SGVB:
+class ScoreFunction(Objective):
+    """The ELBO with the score-function (REINFORCE) gradient for the encoder.
+
+    The loss is a surrogate whose gradient is, for the decoder, E_q[∇_θ log p(x, z)] and, for
+    the encoder, E_q[(log w − b) ∇_φ log q(z|x)] — unbiased, but with a much larger variance
+    than the reparameterised gradient (the seeds' central comparison). ``baseline="mean"``
+    uses for b the mean log-weight of the *other* k − 1 samples (needs k ≥ 2), which keeps
+    the estimator unbiased and lowers its variance.
+    """
+
+    name = "score-function"
+
+    def __init__(self, num_samples: int = 1, free_bits: float = 0.0, baseline: str = "none"):
+        super().__init__(num_samples, free_bits)
+        if free_bits:
+            raise ConfigError("free bits are not supported with the score-function estimator")
+        if baseline not in ("none", "mean"):
+            raise ConfigError(f"baseline must be 'none' or 'mean', got {baseline!r}")
+        if baseline == "mean" and num_samples < 2:
+            raise ConfigError("the leave-one-out mean baseline needs num_samples ≥ 2")
+        self.baseline = baseline
+
+    def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        samples = latent_samples(model, x, self.num_samples, reparameterised=False)
+        log_ratio = samples.log_prior - samples.log_posterior
+        reward = (samples.log_likelihood + beta * log_ratio).detach()
+        if self.baseline == "mean":
+            k = self.num_samples
+            reward = reward - (reward.sum(0, keepdim=True) - reward) / (k - 1)
+        log_joint = samples.log_likelihood + beta * samples.log_prior  # θ-gradient
+        surrogate = log_joint + reward * samples.log_posterior  # φ-gradient via the score
+        reconstruction = samples.log_likelihood.mean()
+        kl = -log_ratio.mean()
+        elbo = (reconstruction - kl).detach()
+        return ObjectiveTerms(
+            -surrogate.mean(), elbo, reconstruction.detach(), kl.detach(), None, elbo
+        )
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "sgvb-a": SGVBA,
+    "sgvb-b": SGVBB,
+    "iwae": IWAE,
+    "score-function": ScoreFunction,
+}
+
+
+def make_objective(name: str, num_samples: int = 1, free_bits: float = 0.0) -> Objective:
     """The objective called ``name`` (one of :data:`OBJECTIVES`)."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
+        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
     return OBJECTIVES[name](num_samples=num_samples, free_bits=free_bits)
 
 

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 from aevb import checkpoints as ckpt
 from aevb.data import Dataset, load_dataset
+from aevb.diagnostics import warn_if_collapsed
 from aevb.errors import AevbError, ConfigError
-from aevb.evaluation import evaluate_elbo
+from aevb.evaluation import count_active_units, evaluate_elbo
 from aevb.models import VAE, ModelConfig
 from aevb.objectives import OBJECTIVES, kl_weight, make_objective, warn_if_warmup_incomplete
 
@@ -71,6 +72,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (500,)
     activation: str = "tanh"
     init: str = "default"
+    posterior: str = "diagonal"
     objective: str = "sgvb-b"
     samples: int = 1
     beta: float = 1.0
@@ -245,6 +247,7 @@ class Trainer:
             likelihood_std=c.likelihood_std,
             squash_mean=c.squash_mean,
             init=c.init,
+            posterior=c.posterior,
         )
         torch.manual_seed(c.seed)
         self.model = VAE(self.model_config).to(self.device)
@@ -482,10 +485,14 @@ class Trainer:
             self.model.load_state_dict(load_weights(self.run_dir / BEST))
         test_x = binarize_once(self.dataset.test, self.config.binarize).to(self.device)
         test = evaluate_elbo(self.model, test_x, seed=EVAL_SEED)
+        with torch.no_grad():
+            active = count_active_units(self.model.posterior(test_x).mean)
+        warn_if_collapsed(active, self.model.latent_dim)
         summary = {
             "test_elbo": test["elbo"],
             "test_reconstruction": test["reconstruction"],
             "test_kl": test["kl"],
+            "test_active_units": active,
             "best_epoch": self.state.best_epoch,
             "best_val_elbo": self.state.best_val_elbo if self.state.best_epoch > 0 else None,
             "epochs": self.state.epoch,
@@ -589,6 +596,17 @@ def resume(
         config, run_dir, dataset=dataset, progress=progress, on_epoch_end=on_epoch_end
     )
     return trainer.fit(resume=True)
+
+
+def load_run_split(run: dict, split: str, limit: int | None = None) -> Tensor:
+    """The first ``limit`` rows of a run's ``split`` (train, val or test), binarized as the
+    run's own evaluations are (a fixed-seed draw): (N, data_dim) on the CPU."""
+    config = TrainConfig.from_dict(run["train"])
+    dataset = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction)
+    rows = getattr(dataset, split)[:limit]
+    if len(rows) == 0:
+        raise AevbError(f"the {split} split of {config.dataset} is empty")
+    return binarize_once(rows, config.binarize)
 
 
 def load_weights(path: str | Path) -> dict[str, Tensor]:
