@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from aevb.data import load_dataset
+from aevb.models import VAE, ModelConfig
 from aevb.training import TrainConfig
 
 
@@ -40,3 +42,12 @@ def quick_config() -> TrainConfig:
     return TrainConfig(
         dataset="digits", latent_dim=4, hidden=(32,), epochs=3, batch_size=64, device="cpu", seed=0
     )
+
+
+@pytest.fixture
+def model_and_batch():
+    """A small float64 VAE (12 → 16 → 3) and a batch of 20 binary rows."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(data_dim=12, latent_dim=3, hidden=(16,))).double()
+    x = torch.bernoulli(torch.full((20, 12), 0.4, dtype=torch.float64))
+    return model, x

@@ -15,14 +15,6 @@ from aevb.models import VAE, ModelConfig
 from aevb.objectives import IWAE, SGVBA, SGVBB, ScoreFunction, latent_samples
 
 
-@pytest.fixture
-def model_and_batch():
-    torch.manual_seed(0)
-    model = VAE(ModelConfig(data_dim=12, latent_dim=3, hidden=(16,))).double()
-    x = torch.bernoulli(torch.full((20, 12), 0.4, dtype=torch.float64))
-    return model, x
-
-
 def test_full_covariance_kl_matches_torch():
     torch.manual_seed(0)
     loc = torch.randn(5, 3, dtype=torch.float64)

@@ -7,16 +7,7 @@ import math
 import pytest
 import torch
 
-from aevb.models import VAE, ModelConfig
 from aevb.objectives import SGVBA, SGVBB, kl_weight, make_objective, warn_if_warmup_incomplete
-
-
-@pytest.fixture
-def model_and_batch():
-    torch.manual_seed(0)
-    model = VAE(ModelConfig(data_dim=12, latent_dim=3, hidden=(16,))).double()
-    x = torch.bernoulli(torch.full((8, 12), 0.4, dtype=torch.float64))
-    return model, x
 
 
 def _draws(objective, model, x, n):
