@@ -80,19 +80,24 @@ class _Crash(Exception):
     pass
 
 
+def _train_and_crash_after(config, run_dir, dataset, epochs_done: int) -> None:
+    """Start a run that dies (an exception, as a kill would) once ``epochs_done`` epochs are
+    checkpointed."""
+
+    def crash(trainer):
+        if trainer.state.epoch == epochs_done:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(config, run_dir, dataset=dataset, progress=False, on_epoch_end=crash)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, digits, quick_config, optimizer):
     config = dataclasses.replace(quick_config, epochs=4, optimizer=optimizer, lr=1e-2)
     whole = train(config, tmp_path / "whole", dataset=digits, progress=False)
 
-    def crash_after_two(trainer):
-        if trainer.state.epoch == 2:
-            raise _Crash
-
-    with pytest.raises(_Crash):
-        train(
-            config, tmp_path / "split", dataset=digits, progress=False, on_epoch_end=crash_after_two
-        )
+    _train_and_crash_after(config, tmp_path / "split", digits, epochs_done=2)
     torch.manual_seed(1234)  # the resumed run must not depend on the global random state
     resumed = resume(tmp_path / "split", dataset=digits, progress=False)
     _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
@@ -272,14 +277,7 @@ def test_other_objectives_and_posteriors_train_and_resume_exactly(
     summary = train(config, tmp_path / "whole", dataset=digits, progress=False)
     assert np.isfinite(summary["test_elbo"]) and 0 <= summary["test_active_units"] <= 4
 
-    def crash_after_one(trainer):
-        if trainer.state.epoch == 1:
-            raise _Crash
-
-    with pytest.raises(_Crash):
-        train(
-            config, tmp_path / "split", dataset=digits, progress=False, on_epoch_end=crash_after_one
-        )
+    _train_and_crash_after(config, tmp_path / "split", digits, epochs_done=1)
     resume(tmp_path / "split", dataset=digits, progress=False)
     _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
 

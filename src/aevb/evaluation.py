@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from aevb.distributions import is_factorised, kl_per_dimension, kl_to_standard_normal
@@ -136,9 +137,9 @@ def evaluate(
     with fixed_randomness(seed, x.device), bar:
         for start in range(0, n, batch_size):
             batch = x[start : start + batch_size]
-            stats = _batch_statistics(model, batch, k, m, samples_per_chunk, dtype, bar)
-            totals += stats.sum(1).double()
             posterior = model.posterior(batch)
+            stats = _batch_statistics(model, batch, posterior, k, m, samples_per_chunk, dtype, bar)
+            totals += stats.sum(1).double()
             posterior_means.append(posterior.mean)
             if is_factorised(posterior):
                 kl_dims.append(kl_per_dimension(posterior, model.prior).sum(0))
@@ -166,7 +167,14 @@ def evaluate(
 
 
 def _batch_statistics(
-    model: VAE, x: Tensor, k: int, m: int, chunk: int, dtype: torch.dtype, bar: tqdm
+    model: VAE,
+    x: Tensor,
+    posterior: Distribution,
+    k: int,
+    m: int,
+    chunk: int,
+    dtype: torch.dtype,
+    bar: tqdm,
 ) -> Tensor:
     """Per-example sums for one batch of datapoints: (6, batch).
 
@@ -181,9 +189,8 @@ def _batch_statistics(
     group = torch.empty(0, b, dtype=dtype, device=x.device)  # log-weights of an open group
     sum_log_w = torch.zeros(b, dtype=dtype, device=x.device)
     sum_log_likelihood = torch.zeros(b, dtype=dtype, device=x.device)
-    posterior = model.posterior(x)
     for start in range(0, k, chunk):
-        samples = latent_samples(model, x, min(chunk, k - start))
+        samples = latent_samples(model, x, min(chunk, k - start), posterior=posterior)
         log_w = samples.log_weights.to(dtype)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
         log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, 0))

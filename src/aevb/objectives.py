@@ -72,13 +72,18 @@ class LatentSamples:
 
 
 def latent_samples(
-    model: VAE, x: Tensor, num_samples: int = 1, reparameterised: bool = True
+    model: VAE,
+    x: Tensor,
+    num_samples: int = 1,
+    reparameterised: bool = True,
+    posterior: Distribution | None = None,
 ) -> LatentSamples:
     """Encode x: (batch, data_dim), draw k = ``num_samples`` latents per row, decode them.
 
-    With ``reparameterised=False`` the draws carry no gradient (for the score function).
+    With ``reparameterised=False`` the draws carry no gradient (for the score function);
+    ``posterior`` reuses an encoding of x that is already computed.
     """
-    posterior = model.posterior(x)
+    posterior = model.posterior(x) if posterior is None else posterior
     shape = (num_samples,)
     z = posterior.rsample(shape) if reparameterised else posterior.sample(shape)
     return LatentSamples(model, posterior, z, model.likelihood(z).log_prob(x))
