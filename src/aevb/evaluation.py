@@ -26,9 +26,10 @@ from aevb.distributions import is_factorised, kl_per_dimension, kl_to_standard_n
 from aevb.models import VAE
 from aevb.objectives import SGVBB, latent_samples
 
-# Elements of the (samples × datapoints × data_dim) likelihood tensor per chunk: 2²⁴ float32
-# values are 64 MiB, and the decoder's activations a few times that.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# Elements of the (samples × datapoints × data_dim) likelihood tensor per chunk. On the CPU
+# 2²² float32 values (16 MiB) ran 23% faster than 2²⁴ (52k vs 42k MNIST samples/s on two
+# cores), the working set staying nearer the caches; a GPU wants larger chunks to stay busy.
+CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 24}
 
 
 @contextmanager
@@ -106,7 +107,7 @@ def evaluate(
     importance_samples: int = 5000,
     iwae_samples: int = 50,
     batch_size: int | None = None,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     float64: bool = False,
     seed: int = 0,
     progress: bool = False,
@@ -116,7 +117,8 @@ def evaluate(
     x: (N, data_dim) on the model's device. ``importance_samples`` k draws per datapoint
     from the encoder; ``iwae_samples`` m (a divisor of k is used: the largest ≤ m) sets the
     reported L_m. ``batch_size`` datapoints (default: sized so one sample chunk of the batch
-    has about ``chunk_elements`` likelihood values) are processed together; ``float64``
+    has about ``chunk_elements`` likelihood values, by default 2²² on the CPU and 2²⁴ on a
+    GPU) are processed together; ``float64``
     accumulates the log-weights in double precision.
     """
     n, data_dim = x.shape
@@ -124,6 +126,8 @@ def evaluate(
         raise ValueError("cannot evaluate on an empty data split")
     k = int(importance_samples)
     m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
+    if chunk_elements is None:
+        chunk_elements = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cuda"])
     if batch_size is None:
         batch_size = max(1, min(n, chunk_elements // data_dim))
     samples_per_chunk = max(1, min(k, chunk_elements // (batch_size * data_dim)))
