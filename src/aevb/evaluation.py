@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from aevb.distributions import is_factorised, kl_per_dimension, kl_to_standard_normal
 from aevb.models import VAE
-from aevb.objectives import SGVBB, latent_samples
+from aevb.objectives import latent_samples
 
 # Elements of the (samples × datapoints × data_dim) likelihood tensor per chunk. On the CPU
 # 2²² float32 values (16 MiB) ran 23% faster than 2²⁴ (52k vs 42k MNIST samples/s on two
@@ -43,33 +43,6 @@ def fixed_randomness(seed: int, device: torch.device):
     with torch.random.fork_rng(devices=devices, device_type=device.type):
         torch.manual_seed(seed)
         yield
-
-
-@torch.no_grad()
-def evaluate_elbo(
-    model: VAE, x: Tensor, batch_size: int = 10_000, seed: int = 0
-) -> dict[str, float]:
-    """Single-sample SGVB-B estimate of the ELBO on x: (N, data_dim), nats per example.
-
-    Returns ``elbo``, ``reconstruction`` and ``kl`` (means over the N rows). Uses its own
-    random stream seeded with ``seed``; the model is put in eval mode for the call.
-    """
-    if len(x) == 0:
-        raise ValueError("cannot evaluate on an empty data split")
-    objective = SGVBB(num_samples=1)
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=x.device)
-    with fixed_randomness(seed, x.device):
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size]
-            terms = objective(model, batch)
-            totals += torch.stack((terms.elbo, terms.reconstruction, terms.kl)).double() * len(
-                batch
-            )
-    model.train(was_training)
-    elbo, reconstruction, kl = (totals / len(x)).tolist()
-    return {"elbo": elbo, "reconstruction": reconstruction, "kl": kl}
 
 
 @dataclass

@@ -34,7 +34,7 @@ from aevb import checkpoints as ckpt
 from aevb.data import Dataset, load_dataset
 from aevb.diagnostics import warn_if_collapsed
 from aevb.errors import AevbError, ConfigError
-from aevb.evaluation import count_active_units, evaluate_elbo
+from aevb.evaluation import evaluate
 from aevb.models import VAE, ModelConfig
 from aevb.objectives import OBJECTIVES, kl_weight, make_objective, warn_if_warmup_incomplete
 
@@ -44,6 +44,8 @@ OPTIMIZERS = ("adam", "adagrad", "sgd")
 # that evaluations of different runs see the same binary images.
 EVAL_BINARIZATION_SEED = 2014
 EVAL_SEED = 0
+# Rows per batch of the per-epoch validation and the final test ELBO (single-sample estimator B).
+EVAL_BATCH = 10_000
 CONFIG_FILE = "config.json"
 LAST = "checkpoints/last.safetensors"
 BEST = "checkpoints/best.safetensors"
@@ -449,10 +451,8 @@ class Trainer:
             "train_kl": train_kl,
         }
         if len(self.val_x):
-            val = evaluate_elbo(self.model, self.val_x, seed=EVAL_SEED)
-            record.update(
-                val_elbo=val["elbo"], val_reconstruction=val["reconstruction"], val_kl=val["kl"]
-            )
+            val = evaluate(self.model, self.val_x, 1, batch_size=EVAL_BATCH, seed=EVAL_SEED)
+            record.update(val_elbo=val.elbo, val_reconstruction=val.reconstruction, val_kl=val.kl)
         record["seconds"] = state.train_seconds
         state.history.append(record)
         improved = record.get("val_elbo", train_elbo) > state.best_val_elbo
@@ -484,15 +484,13 @@ class Trainer:
         if (self.run_dir / BEST).exists():
             self.model.load_state_dict(load_weights(self.run_dir / BEST))
         test_x = binarize_once(self.dataset.test, self.config.binarize).to(self.device)
-        test = evaluate_elbo(self.model, test_x, seed=EVAL_SEED)
-        with torch.no_grad():
-            active = count_active_units(self.model.posterior(test_x).mean)
-        warn_if_collapsed(active, self.model.latent_dim)
+        test = evaluate(self.model, test_x, 1, batch_size=EVAL_BATCH, seed=EVAL_SEED)
+        warn_if_collapsed(test.active_units, self.model.latent_dim)
         summary = {
-            "test_elbo": test["elbo"],
-            "test_reconstruction": test["reconstruction"],
-            "test_kl": test["kl"],
-            "test_active_units": active,
+            "test_elbo": test.elbo,
+            "test_reconstruction": test.reconstruction,
+            "test_kl": test.kl,
+            "test_active_units": test.active_units,
             "best_epoch": self.state.best_epoch,
             "best_val_elbo": self.state.best_val_elbo if self.state.best_epoch > 0 else None,
             "epochs": self.state.epoch,
