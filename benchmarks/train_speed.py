@@ -1,17 +1,22 @@
-"""Epoch time of aevb training against two reference loops, measured in one process.
+"""Epoch time of aevb training against reference loops, measured in one process.
 
-* ``dataloader``: the conventional loop (as in the well-known PyTorch VAE example): a
-  ``DataLoader`` over a ``TensorDataset`` with shuffling, binarizing each batch.
+* ``conventional``: the loop of the well-known PyTorch VAE example — a ``DataLoader`` with
+  shuffling over a dataset that, like torchvision's MNIST, turns each uint8 image into a PIL
+  image and then a float tensor (``ToTensor``), batches moved to the device one by one,
+  binarized there, default ``Adam``.
 * ``bare``: the floor — forward, backward and optimiser step (default ``torch.optim.Adam``) of
-  a hand-written VAE of the same size over pre-binarized, in-memory tensors, with no
-  shuffling, metrics or checks. ``bare-fused`` is the same with the fused Adam kernel, which
-  aevb uses where torch has it.
-* ``aevb``: one epoch of :class:`aevb.training.Trainer` (permutation and dynamic binarization
-  on the device, metrics, then validation ELBO and a checkpoint, as in a real run).
+  a hand-written VAE of the same size over pre-binarized tensors already on the device, with no
+  shuffling, metrics or checks. ``bare-fused`` is the same with the fused Adam kernel.
+* ``aevb-plain``: one epoch of :class:`aevb.training.Trainer` with ``compile=False`` (eager
+  step; permutation and dynamic binarization on the device, device-side metrics, fused Adam),
+  then the validation ELBO and a checkpoint, as in a real run.
+* ``aevb-fast``: the same with ``compile=True``: the step through ``torch.compile`` (and CUDA
+  graphs on a GPU). Its compile happens in the discarded warm-up round.
 
 The loops run interleaved, round after round, and the median epoch time of each is reported
-with its ratio to the bare loop. CPU timings on shared machines swing by 1.6×: compare the
-ratios printed by one run, never numbers from different runs.
+with its ratio to the bare loop; for aevb, also the time of the step loop alone (without the
+validation and checkpoint that end each epoch). CPU timings on shared machines swing by 1.6×:
+compare the ratios printed by one run, never numbers from different runs.
 
     python benchmarks/train_speed.py --data-dir ../shared/data --batch-sizes 100 1000
 """
@@ -19,15 +24,19 @@ ratios printed by one run, never numbers from different runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import statistics
 import tempfile
 import time
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from aevb.data import load_dataset
 from aevb.training import TrainConfig, Trainer
@@ -55,10 +64,25 @@ class BareVAE(nn.Module):
         return (kl - reconstruction) / len(x)
 
 
-def dataloader_epoch(model, optimizer, grey: torch.Tensor, batch_size: int) -> None:
-    loader = DataLoader(TensorDataset(grey), batch_size=batch_size, shuffle=True)
-    for (batch,) in loader:
-        loss = model.loss(torch.bernoulli(batch))
+class ImageDataset(torch.utils.data.Dataset):
+    """uint8 images served one at a time as torchvision's MNIST with ``ToTensor`` does."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        picture = Image.fromarray(self.images[index])
+        pixels = torch.from_numpy(np.array(picture, copy=True))
+        return pixels.view(1, *pixels.shape).float().div(255)
+
+
+def conventional_epoch(model, optimizer, loader: DataLoader, device: torch.device) -> None:
+    for batch in loader:
+        x = torch.bernoulli(batch.to(device).view(len(batch), -1))
+        loss = model.loss(x)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -72,6 +96,15 @@ def bare_epoch(model, optimizer, binary: torch.Tensor, batch_size: int) -> None:
         optimizer.step()
 
 
+def aevb_epoch(trainer: Trainer, loop_seconds: list[float]) -> None:
+    before = trainer.state.train_seconds
+    trainer.train_epoch()
+    loop_seconds.append(trainer.state.train_seconds - before)
+
+
+LOOPS = ["conventional", "bare", "bare-fused", "aevb-plain", "aevb-fast"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="mnist")
@@ -79,13 +112,20 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs of each loop")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--loops", nargs="+", choices=LOOPS, default=LOOPS, help="which loops to time (all)"
+    )
     args = parser.parse_args()
 
     dataset = load_dataset(args.dataset, args.data_dir)
+    device = torch.device(args.device)
+    if dataset.image_shape is None:
+        parser.error("the conventional loop needs an image dataset")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"{args.dataset}: {len(dataset.train)} training rows of {dataset.data_dim}"
     )
+    images = np.rint(dataset.train * 255).astype(np.uint8).reshape(-1, *dataset.image_shape)
     for batch_size in args.batch_sizes:
         config = TrainConfig(
             dataset=args.dataset,
@@ -98,45 +138,69 @@ def main() -> None:
             seed=0,
         )
         with tempfile.TemporaryDirectory() as run_dir:
-            trainer = Trainer(config, run_dir, dataset=dataset, progress=False)
-            trainer.start()
-            grey = trainer.train_x
-            binary = torch.bernoulli(grey)
-            reference = BareVAE(dataset.data_dim, 500, 20).to(trainer.device)
+            trainers = {
+                name: Trainer(
+                    dataclasses.replace(config, compile=compile_step),
+                    f"{run_dir}/{name}",
+                    dataset=dataset,
+                    progress=False,
+                )
+                for name, compile_step in (("aevb-plain", False), ("aevb-fast", True))
+            }
+            for trainer in trainers.values():
+                trainer.start()
+            binary = torch.bernoulli(trainers["aevb-plain"].train_x)
+            reference = BareVAE(dataset.data_dim, 500, 20).to(device)
             ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
-            fused = BareVAE(dataset.data_dim, 500, 20).to(trainer.device)
+            fused = BareVAE(dataset.data_dim, 500, 20).to(device)
             fused_optimizer = torch.optim.Adam(fused.parameters(), lr=1e-3, fused=True)
+            loader = DataLoader(ImageDataset(images), batch_size=batch_size, shuffle=True)
+            loop_seconds: dict[str, list[float]] = {name: [] for name in trainers}
             loops = {
-                "dataloader": partial(dataloader_epoch, reference, ref_optimizer, grey, batch_size),
+                "conventional": partial(
+                    conventional_epoch, reference, ref_optimizer, loader, device
+                ),
                 "bare": partial(bare_epoch, reference, ref_optimizer, binary, batch_size),
                 "bare-fused": partial(bare_epoch, fused, fused_optimizer, binary, batch_size),
-                "aevb": trainer.train_epoch,
+                **{
+                    name: partial(aevb_epoch, trainer, loop_seconds[name])
+                    for name, trainer in trainers.items()
+                },
             }
+            loops = {name: loops[name] for name in args.loops}
             times: dict[str, list[float]] = {name: [] for name in loops}
             for round_index in range(args.rounds + 1):  # round 0 warms up and is discarded
                 for name, run_epoch in loops.items():
-                    if trainer.device.type == "cuda":
+                    if device.type == "cuda":
                         torch.cuda.synchronize()
                     started = time.perf_counter()
                     run_epoch()
-                    if trainer.device.type == "cuda":
+                    if device.type == "cuda":
                         torch.cuda.synchronize()
                     if round_index:
                         times[name].append(time.perf_counter() - started)
-        bare = statistics.median(times["bare"])
+            fallen_back = not trainers["aevb-fast"].training_step.active
+        bare = statistics.median(times["bare"]) if "bare" in times else math.nan
         print(f"\nbatch size {batch_size}, median of {args.rounds} epochs")
-        print(f"{'loop':<12}{'s/epoch':>10}{'samples/s':>12}{'÷ bare':>9}   all epochs (s)")
+        print(
+            f"{'loop':<14}{'s/epoch':>9}{'samples/s':>11}{'÷ bare':>8}{'steps only':>12}"
+            "   all epochs (s)"
+        )
         for name, values in times.items():
             median = statistics.median(values)
+            steps = f"{statistics.median(loop_seconds[name][1:]):.3f}" if name in trainers else ""
             print(
-                f"{name:<12}{median:>10.3f}{len(grey) / median:>12.0f}{median / bare:>9.2f}   "
-                + " ".join(f"{v:.2f}" for v in values)
+                f"{name:<14}{median:>9.3f}{len(binary) / median:>11.0f}{median / bare:>8.2f}"
+                f"{steps:>12}   " + " ".join(f"{v:.2f}" for v in values)
             )
-        dataloader = statistics.median(times["dataloader"])
-        print(
-            f"aevb is {dataloader / statistics.median(times['aevb']):.2f}× faster than the "
-            "DataLoader loop"
-        )
+        for name in [name for name in trainers if name in times and "conventional" in times]:
+            conventional = statistics.median(times["conventional"])
+            print(
+                f"{name} is {conventional / statistics.median(times[name]):.2f}× faster than "
+                "the conventional loop"
+            )
+        if fallen_back:
+            print("note: aevb-fast fell back to eager (see the notice above)")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,11 @@ def test_kl_closed_form_matches_formula_and_torch(generator):
     formula = 0.5 * (loc**2 + log_variance.exp() - 1 - log_variance)  # paper, Appendix B
     torch.testing.assert_close(per_dim, formula, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(per_dim.sum(-1), kl_divergence(q, p), rtol=1e-12, atol=1e-12)
+    # A prior other than N(0, I): the general closed form against torch's registered KL.
+    other = diagonal_gaussian(torch.randn(5, dtype=torch.float64, generator=generator), loc[0])
+    torch.testing.assert_close(
+        kl_per_dimension(q, other).sum(-1), kl_divergence(q, other), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_kl_closed_form_matches_monte_carlo(generator):

@@ -20,7 +20,10 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Settings that may change when a run is resumed; any other flag is refused with --resume.
-RESUMABLE = ("epochs", "device")
+RESUMABLE = ("epochs", "device", "compile")
+
+
+THREADS_HELP = "CPU threads for tensor operations (default: one per core)"
 
 
 def _positive_int(text: str) -> int:
@@ -31,6 +34,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aevb.acceleration import PRECISIONS
     from aevb.data import DATASETS
     from aevb.models import LIKELIHOODS, POSTERIORS
     from aevb.networks import ACTIVATIONS, INITIALISATIONS
@@ -98,12 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-every", type=int, help="also checkpoint every N steps (default: per epoch)")
     add("--seed", type=int, help="random seed; a CPU run is repeatable bit for bit (default 0)")
     add("--device", help="auto (default), cpu, cuda or cuda:N")
+    add(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="compile the training step (CUDA graphs on a GPU); default: on for CUDA, and on "
+        "the CPU for runs of 20,000 steps or more. Falls back to eager with a notice",
+    )
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        help="bf16: networks under bfloat16 autocast (for GPUs); densities and loss stay "
+        "float32 (default float32)",
+    )
+    add("--threads", type=_positive_int, help=THREADS_HELP)
     add("--out", help="run folder to create (default runs/<dataset>-<time>)")
     add(
         "--resume",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last "
-        "checkpoint (only --epochs and --device may change)",
+        "checkpoint (only --epochs, --device and --compile may change)",
     )
     add("--no-progress", action="store_true", help="no progress bar")
 
@@ -157,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -168,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
     given = {
         key: value
         for key, value in vars(args).items()
-        if value is not None and key not in ("command", "out", "resume", "no_progress")
+        if value is not None and key not in ("command", "out", "resume", "no_progress", "threads")
     }
     progress = not args.no_progress
     if args.resume:
@@ -177,7 +195,9 @@ def _train(args: argparse.Namespace) -> int:
             flags = ", ".join(
                 "--" + k.replace("_", "-") for k in refused + (["out"] if args.out else [])
             )
-            raise AevbError(f"{flags} cannot change when resuming; only --epochs and --device can")
+            raise AevbError(
+                f"{flags} cannot change when resuming; only --epochs, --device and --compile can"
+            )
         summary = resume(args.resume, progress=progress, **given)
         run_dir = args.resume
     else:
@@ -284,7 +304,12 @@ COMMANDS = {"train": _train, "sample": _sample, "reconstruct": _reconstruct, "ev
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aevb`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    import torch
+
     from aevb.training import TrainingInterrupted
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
 
     try:
         with warnings.catch_warnings():

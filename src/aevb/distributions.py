@@ -15,7 +15,6 @@ from torch.distributions import (
     Independent,
     MultivariateNormal,
     Normal,
-    kl_divergence,
 )
 
 __all__ = [
@@ -69,9 +68,14 @@ def standard_normal(
 def kl_per_dimension(posterior: Distribution, prior: Distribution) -> Tensor:
     """Analytic KL(q ‖ p) of factorised Gaussians, per latent dimension: (..., D) nats.
 
-    For q = N(μ, σ²) and p = N(0, 1) this is ½ (μ² + σ² − 1 − log σ²) (paper, Appendix B).
+    For q = N(μ, σ²) and p = N(m, s²) this is log(s/σ) + (σ² + (μ − m)²) / (2s²) − ½, which
+    for p = N(0, 1) is ½ (μ² + σ² − 1 − log σ²) (paper, Appendix B). Written out rather than
+    ``kl_divergence``, whose type dispatch ``torch.compile`` cannot trace (it is checked
+    against ``kl_divergence`` in the tests).
     """
-    return kl_divergence(_base(posterior), _base(prior))
+    q, p = _base(posterior), _base(prior)
+    variance_ratio = (q.scale / p.scale).square()
+    return 0.5 * (variance_ratio + ((q.loc - p.loc) / p.scale).square() - 1 - variance_ratio.log())
 
 
 def is_factorised(distribution: Distribution) -> bool:

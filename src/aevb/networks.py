@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -19,9 +19,19 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 INITIALISATIONS = ("default", "paper")
 
 
-def mlp(
-    in_features: int, hidden: Sequence[int], out_features: int, activation: str
-) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """A stack of layers whose output has the dtype of its input.
+
+    Under bf16 autocast the linear layers compute in bfloat16; casting their output back to
+    the input's float32 keeps every distribution built from it — and so every log-density, KL
+    and loss — in float32. Without autocast the cast is a no-op.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).to(x.dtype)
+
+
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: str) -> MLP:
     """Linear layers of sizes ``in → hidden… → out`` with ``activation`` between them.
 
     No activation follows the output layer: it produces distribution parameters.
@@ -33,7 +43,7 @@ def mlp(
     for fan_in, fan_out in pairwise(sizes):
         layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(sizes[-1], out_features))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 def initialise(module: nn.Module, scheme: str) -> None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -49,26 +49,35 @@ class LatentSamples:
     """Draws z ~ q(z|x) and the log-densities every objective is built from.
 
     Shapes: ``z`` (k, batch, latent_dim); ``log_likelihood``, ``log_prior``, ``log_posterior``
-    and ``log_weights`` (k, batch), nats. The last three are computed on first use.
+    and ``log_weights`` (k, batch), nats. The last three are computed on first use and kept
+    (by hand: ``functools.cached_property`` takes a lock that ``torch.compile`` cannot trace).
     """
 
     model: VAE
     posterior: Distribution
     z: Tensor
     log_likelihood: Tensor
+    _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
-    @cached_property
+    def _cached(self, name: str, compute: Callable[[], Tensor]) -> Tensor:
+        if name not in self._cache:
+            self._cache[name] = compute()
+        return self._cache[name]
+
+    @property
     def log_prior(self) -> Tensor:
-        return self.model.prior.log_prob(self.z)
+        return self._cached("log_prior", lambda: self.model.prior.log_prob(self.z))
 
-    @cached_property
+    @property
     def log_posterior(self) -> Tensor:
-        return self.posterior.log_prob(self.z)
+        return self._cached("log_posterior", lambda: self.posterior.log_prob(self.z))
 
-    @cached_property
+    @property
     def log_weights(self) -> Tensor:
         """log w = log p(x, z) − log q(z|x): (k, batch)."""
-        return self.log_likelihood + self.log_prior - self.log_posterior
+        return self._cached(
+            "log_weights", lambda: self.log_likelihood + self.log_prior - self.log_posterior
+        )
 
 
 def latent_samples(
