@@ -51,3 +51,20 @@ def model_and_batch():
     model = VAE(ModelConfig(data_dim=12, latent_dim=3, hidden=(16,))).double()
     x = torch.bernoulli(torch.full((20, 12), 0.4, dtype=torch.float64))
     return model, x
+
+
+class _Exploit:
+    """Unpickling this creates a marker file: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def exploit(tmp_path):
+    """A malicious object for pickle-based formats, and the file its unpickling would create."""
+    marker = tmp_path / "pwned"
+    return _Exploit(marker), marker

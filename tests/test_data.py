@@ -521,21 +521,11 @@ def test_missing_user_file(tmp_path: Path):
     assert "no such file" in load_error(str(tmp_path / "absent.npy"))
 
 
-class _Exploit:
-    """Unpickling this creates a marker file: proof that pickle code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def test_pickles_are_never_loaded(tmp_path: Path):
-    marker = tmp_path / "pwned"
-    (tmp_path / "raw.npy").write_bytes(pickle.dumps(_Exploit(marker)))
-    np.save(tmp_path / "obj.npy", np.array([[_Exploit(marker)]], dtype=object), allow_pickle=True)
-    np.savez(tmp_path / "obj.npz", train=np.array([[_Exploit(marker)]], dtype=object))
+def test_pickles_are_never_loaded(tmp_path: Path, exploit):
+    payload, marker = exploit
+    (tmp_path / "raw.npy").write_bytes(pickle.dumps(payload))
+    np.save(tmp_path / "obj.npy", np.array([[payload]], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "obj.npz", train=np.array([[payload]], dtype=object))
     for name in ("raw.npy", "obj.npy", "obj.npz"):
         load_error(str(tmp_path / name))
     assert not marker.exists()

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many epochs without a better validation ELBO (default: never)",
     )
     add("--checkpoint-every", type=int, help="also checkpoint every N steps (default: per epoch)")
+    add(
+        "--max-nonfinite-steps",
+        type=_positive_int,
+        help="stop with a diagnosis after this many steps with a NaN or infinite loss or "
+        "gradient; each such step is skipped (default 10)",
+    )
     add("--seed", type=int, help="random seed; a CPU run is repeatable bit for bit (default 0)")
     add("--device", help="auto (default), cpu, cuda or cuda:N")
     add(

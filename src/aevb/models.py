@@ -31,6 +31,10 @@ POSTERIORS = ("diagonal", "full")
 # density of a pixel that is always reconstructed exactly grows without bound (σ → 0) and
 # training diverges; 1e-3 is a quarter of one grey level on a [0, 1] scale.
 MIN_LIKELIHOOD_SCALE = 1e-3
+# Range of the diagonal posterior's log-variance: σ from 3e-7 to 3e6. Trained encoders stay far
+# inside it; a diverging one is held at the edge, where exp, the KL and log q stay finite in
+# float32 (exp overflows beyond 88), so the fault is diagnosed instead of turning into NaN.
+LOG_VARIANCE_RANGE = (-30.0, 30.0)
 
 
 @dataclass
@@ -88,7 +92,7 @@ class GaussianEncoder(nn.Module):
     def forward(self, x: Tensor) -> Distribution:
         """x: (..., data_dim) → distribution with batch shape (...) and event (latent_dim,)."""
         loc, log_variance = self.net(x).chunk(2, dim=-1)
-        return diagonal_gaussian(loc, log_variance)
+        return diagonal_gaussian(loc, log_variance.clamp(*LOG_VARIANCE_RANGE))
 
 
 class FullCovarianceEncoder(nn.Module):
