@@ -605,6 +605,28 @@ def test_fuzz_npy(tmp_path: Path, mutation: tuple, fortran: bool):
         assert str(path) in str(e)
 
 
+@FUZZ
+@given(mutation=MUTATIONS, compressed=st.booleans())
+def test_fuzz_mat(tmp_path: Path, mutation: tuple, compressed: bool):
+    faces = np.arange(560 * 3, dtype=np.uint8).reshape(560, 3)
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"ff": faces}, do_compression=compressed)
+    path = tmp_path / "frey_rawface.mat"
+    path.write_bytes(mutate(buffer.getvalue(), mutation))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setitem(
+            data._CHECKSUMS, ("frey", "frey_rawface.mat"), ("md5", _md5(path.read_bytes()))
+        )
+        try:
+            check_dataset(load_dataset("frey", tmp_path))
+        except DataError as e:
+            assert "frey_rawface.mat" in str(e)
+
+
+def _md5(blob: bytes) -> str:
+    return hashlib.md5(blob).hexdigest()
+
+
 CSV_TEXT = st.text(alphabet="0123456789.,-+eE \n\r\"'nafiNAx_#\t", max_size=200)
 
 
