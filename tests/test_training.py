@@ -179,6 +179,18 @@ def test_truncated_checkpoint_is_refused(tmp_path, digits, quick_config):
         resume(tmp_path / "run", dataset=digits, progress=False)
 
 
+def test_tampered_checkpoint_is_refused(tmp_path):
+    """One changed byte in a tensor (safetensors checks only the header) is caught by the
+    stored SHA-256."""
+    path = tmp_path / "ckpt.safetensors"
+    checkpoints.save_checkpoint(path, {"w": torch.ones(8), "b": torch.zeros(2)}, {"epoch": 1})
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0x01  # inside the last tensor's data, which ends the file
+    path.write_bytes(bytes(blob))
+    with pytest.raises(AevbError, match="does not match its SHA-256"):
+        checkpoints.load_checkpoint(path)
+
+
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.safetensors"
     checkpoints.save_checkpoint(path, {"w": torch.ones(3)}, {"epoch": 1})

@@ -2,11 +2,14 @@
 
 Nothing here unpickles: safetensors holds raw tensors only, so loading a checkpoint never
 executes code from the file. A checkpoint is one file, so replacing it is one atomic rename
-and a crash mid-write leaves the previous checkpoint intact.
+and a crash mid-write leaves the previous checkpoint intact. safetensors checks the header but
+not the tensor bytes, so a SHA-256 of names, dtypes, shapes and bytes is stored beside the
+metadata and checked on load: a changed byte anywhere is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +25,7 @@ from torch import Tensor
 from aevb.errors import AevbError
 
 _METADATA_KEY = "aevb"
+_DIGEST_KEY = "aevb-sha256"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -46,7 +50,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: dict) -> None:
     """Atomically write ``tensors`` (moved to CPU) and JSON-serialisable ``metadata``."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    atomic_write_bytes(path, save(cpu, metadata={_METADATA_KEY: json.dumps(metadata)}))
+    header = {_METADATA_KEY: json.dumps(metadata), _DIGEST_KEY: _digest(cpu)}
+    atomic_write_bytes(path, save(cpu, metadata=header))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
@@ -56,13 +61,29 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
         raise AevbError(f"checkpoint {path} does not exist")
     try:
         with safe_open(path, framework="pt") as f:
-            metadata = json.loads(f.metadata()[_METADATA_KEY])
+            header = f.metadata()
+            metadata = json.loads(header[_METADATA_KEY])
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
         raise AevbError(
             f"checkpoint {path} is truncated, corrupt or not an aevb checkpoint ({error})"
         ) from error
+    if _DIGEST_KEY in header and header[_DIGEST_KEY] != _digest(tensors):
+        raise AevbError(
+            f"checkpoint {path} does not match its SHA-256: its tensors were changed after it "
+            "was written (corruption or tampering); it is not used"
+        )
     return tensors, metadata
+
+
+def _digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        sha.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return sha.hexdigest()
 
 
 def optimizer_state_to_tensors(state: dict) -> tuple[dict[str, Tensor], dict]:
