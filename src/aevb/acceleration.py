@@ -1,4 +1,4 @@
-"""The fast training step: ``torch.compile`` and CUDA graphs, bf16 autocast, CPU threads.
+"""The fast training step: ``torch.compile`` and CUDA graphs, and bf16 autocast.
 
 The differentiable part of a step (encode, sample, decode, objective, metrics) is one function,
 :func:`aevb.training.training_loss`. The fast path runs that same function compiled:

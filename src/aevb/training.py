@@ -489,6 +489,8 @@ class Trainer:
         self._faults_reported = state.step_in_epoch
         nonfinite = torch.zeros((), device=self.device)
         one = torch.ones((), device=self.device)
+        if self._fused_optimizer:
+            self.optimizer.found_inf = nonfinite  # the fused kernels skip on the device
         beta = torch.tensor(
             kl_weight(state.step, c.warmup_steps, c.beta, c.beta_start), device=self.device
         )
@@ -509,10 +511,7 @@ class Trainer:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, nonfinite, one)
             if c.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(parameters, c.clip_grad_norm)
-            if self._fused_optimizer:
-                self.optimizer.found_inf = nonfinite  # the fused kernels skip on the device
-                self.optimizer.step()
-            elif not nonfinite.item():  # other optimisers cannot skip without the host
+            if self._fused_optimizer or not nonfinite.item():  # others skip via the host
                 self.optimizer.step()
             sums += torch.where(nonfinite > 0, 0.0, batch_sums)
             self._fault_flags[state.step_in_epoch] = nonfinite
