@@ -1,4 +1,4 @@
-"""The ``aevb`` command line: ``train``, ``evaluate``, ``sample`` and ``reconstruct``.
+"""The ``aevb`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``reproduce``.
 
 Every command is a thin layer over the Python API. Problems with the user's input end with
 one ``error: …`` line and exit status 2, never a traceback.
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--objective",
         choices=sorted(OBJECTIVES),
-        help="sgvb-a, sgvb-b (default), iwae (with --samples k) or score-function",
+        help="sgvb-a, sgvb-b (default), iwae (with --samples k), score-function, wake-sleep "
+        "(the paper's baseline) or autoencoder (plain, no KL: not a VAE)",
     )
     add("--samples", type=_positive_int, help="latent samples L (or k) per datapoint (default 1)")
     add("--beta", type=float, help="weight of the KL term (default 1: the ELBO)")
@@ -183,7 +184,93 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_reproduce(commands)
     return parser
+
+
+def _add_reproduce(commands) -> None:
+    from aevb.reproduce import FIGURE3_DEFAULT_TRAIN_SAMPLES, FULL_TRAIN_SAMPLES
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="regenerate one of the paper's figures (CSV, PNG and a markdown summary)",
+    )
+    figures = reproduce.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+
+    def figure(name: str, help: str) -> argparse.ArgumentParser:
+        sub = figures.add_parser(name, help=help)
+        sub.add_argument("--out", default=f"reproduce/{name}", help="output folder")
+        sub.add_argument("--data-dir", help="folder holding the datasets (or AEVB_DATA_DIR)")
+        sub.add_argument(
+            "--train-samples",
+            type=_positive_int,
+            help="training samples evaluated per run (defaults sized for a 2-core CPU)",
+        )
+        sub.add_argument(
+            "--full",
+            action="store_true",
+            help=f"the paper's {FULL_TRAIN_SAMPLES:.0e} training samples per run (GPU-scale)",
+        )
+        sub.add_argument("--seed", type=int, default=0)
+        if name in ("figure2", "figure3"):
+            sub.add_argument(
+                "--lr",
+                type=float,
+                help="Adagrad step size (default 0.02; the paper chose from 0.01, 0.02, 0.1)",
+            )
+        sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+        sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        return sub
+
+    def train_rows(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--train-rows",
+            type=_positive_int,
+            help="use only the first N training images (a quick look; default: all)",
+        )
+
+    fig2 = figure("figure2", "lower bound vs training samples, AEVB vs wake-sleep")
+    train_rows(fig2)
+    fig2.add_argument("--dataset", choices=("frey", "mnist"), default="frey")
+    fig2.add_argument(
+        "--latent-dims",
+        type=_positive_int,
+        nargs="+",
+        help="latent sizes, one panel each (default: the paper's, 3 5 10 20 200 for MNIST, "
+        "2 5 10 20 for Frey Face)",
+    )
+    fig3 = figure(
+        "figure3",
+        f"marginal likelihood vs training samples, AEVB vs wake-sleep vs Monte Carlo EM "
+        f"(default {FIGURE3_DEFAULT_TRAIN_SAMPLES:.0e} samples)",
+    )
+    fig3.add_argument(
+        "--train-sizes", type=_positive_int, nargs="+", default=[1000, 50000], help="N_train"
+    )
+    fig3.add_argument(
+        "--eval-rows", type=_positive_int, default=100, help="train and test images scored"
+    )
+    fig3.add_argument("--importance-samples", type=_positive_int, default=1000, help="k per image")
+    train_rows(figure("figure4", "learned 2-D manifolds of Frey Face and MNIST"))
+    train_rows(figure("figure5", "random samples of MNIST models with N_z = 2, 5, 10, 20"))
+
+    def contrast(name: str, help: str, dataset: str) -> argparse.ArgumentParser:
+        sub = figures.add_parser(name, help=help)
+        sub.add_argument("--out", default=f"reproduce/{name}", help="output folder")
+        sub.add_argument("--dataset", default=dataset, help=f"default {dataset}")
+        sub.add_argument("--data-dir", help="folder holding the datasets (or AEVB_DATA_DIR)")
+        sub.add_argument("--epochs", type=_positive_int, help="training epochs")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        return sub
+
+    ae = contrast("ae-vs-vae", "plain autoencoder vs VAE: irregular vs continuous codes", "mnist")
+    ae.add_argument("--latent-dim", type=_positive_int, default=2)
+    ae.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    pca = contrast("pca", "PCA and linear autoencoder vs linear VAE (probabilistic PCA)", "digits")
+    pca.add_argument("--latent-dims", type=_positive_int, nargs="+", default=[2, 5, 10])
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -304,7 +391,77 @@ def _table(values: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "reconstruct": _reconstruct, "evaluate": _evaluate}
+def _reproduce(args: argparse.Namespace) -> int:
+    from aevb import reproduce
+
+    if args.figure in ("ae-vs-vae", "pca"):
+        return _contrast(args)
+    out = Path(args.out)
+    common = {
+        "data_dir": args.data_dir,
+        "train_samples": reproduce.FULL_TRAIN_SAMPLES if args.full else args.train_samples,
+        "device": args.device,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    if args.figure == "figure2":
+        reproduce.figure2(
+            out,
+            dataset=args.dataset,
+            latent_dims=args.latent_dims,
+            train_rows=args.train_rows,
+            lr=args.lr,
+            **common,
+        )
+    elif args.figure == "figure3":
+        reproduce.figure3(
+            out,
+            train_sizes=args.train_sizes,
+            eval_rows=args.eval_rows,
+            importance_samples=args.importance_samples,
+            lr=args.lr,
+            **common,
+        )
+    elif args.figure == "figure4":
+        reproduce.figure4(out, train_rows=args.train_rows, **common)
+    else:
+        reproduce.figure5(out, train_rows=args.train_rows, **common)
+    for name in sorted(out.glob(f"{args.figure}*.*")):
+        print(f"wrote {name}")
+    for summary in sorted(out.glob(f"{args.figure}*.md")):
+        print(summary.read_text())
+    return 0
+
+
+def _contrast(args: argparse.Namespace) -> int:
+    from aevb import contrasts
+
+    options = {"epochs": args.epochs} if args.epochs else {}
+    common = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+        **options,
+    }
+    out = Path(args.out)
+    if args.figure == "ae-vs-vae":
+        contrasts.autoencoder_vs_vae(out, latent_dim=args.latent_dim, device=args.device, **common)
+    else:
+        contrasts.pca_vs_linear_vae(out, latent_dims=tuple(args.latent_dims), **common)
+    for name in sorted(out.glob("*.*")):
+        print(f"wrote {name}")
+    print((out / "summary.md").read_text())
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "sample": _sample,
+    "reconstruct": _reconstruct,
+    "evaluate": _evaluate,
+    "reproduce": _reproduce,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

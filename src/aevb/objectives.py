@@ -9,6 +9,10 @@ log w = log p(x|z) + log p(z) − log q(z|x):
 * **IWAE** (Burda et al. 2015): L_k = log (1/k) Σ_i w_i, a tighter bound for k > 1.
 * **Score function** (REINFORCE / black-box VI): the ELBO with its encoder gradient estimated
   by E_q[(log w − b) ∇_φ log q(z|x)] instead of by reparameterisation.
+* **Wake-Sleep** (Hinton et al. 1995), the paper's baseline: the same networks, but the
+  encoder is fitted to dreams from the decoder instead of to the ELBO.
+* **Autoencoder**: a plain deterministic autoencoder on the same networks, for comparison
+  (no KL term, not a bound).
 
 Reduction, everywhere in aevb: a per-example value in nats is the sum over data (and latent)
 dimensions; a batch value is the mean over the batch. The paper's minibatch estimator
@@ -35,9 +39,11 @@ __all__ = [
     "OBJECTIVES",
     "SGVBA",
     "SGVBB",
+    "Autoencoder",
     "LatentSamples",
     "ObjectiveTerms",
     "ScoreFunction",
+    "WakeSleep",
     "kl_weight",
     "latent_samples",
     "make_objective",
@@ -120,12 +126,16 @@ class Objective:
     """Base of all objectives: ``objective(model, x, beta)`` → :class:`ObjectiveTerms`."""
 
     name: str
+    # Free bits clamp each latent dimension's KL term, which only the SGVB losses have.
+    supports_free_bits = False
 
     def __init__(self, num_samples: int = 1, free_bits: float = 0.0):
         if num_samples < 1:
             raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
         if free_bits < 0:
             raise ConfigError(f"free_bits must be non-negative, got {free_bits}")
+        if free_bits and not self.supports_free_bits:
+            raise ConfigError(f"free bits are not defined for the {self.name} objective")
         self.num_samples = int(num_samples)
         self.free_bits = float(free_bits)
 
@@ -138,6 +148,8 @@ class Objective:
 
 class _SGVB(Objective):
     """Shared machinery of the two SGVB estimators; subclasses supply the KL estimate."""
+
+    supports_free_bits = True
 
     def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
         """Batch-mean KL estimate (scalar) and, where q factorises, its split per dimension."""
@@ -207,8 +219,6 @@ class IWAE(Objective):
 
     def __init__(self, num_samples: int = 5, free_bits: float = 0.0):
         super().__init__(num_samples, free_bits)
-        if free_bits:
-            raise ConfigError("free bits are not defined for the IWAE objective")
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
         samples = latent_samples(model, x, self.num_samples)
@@ -234,8 +244,6 @@ class ScoreFunction(Objective):
 
     def __init__(self, num_samples: int = 1, free_bits: float = 0.0, baseline: str = "none"):
         super().__init__(num_samples, free_bits)
-        if free_bits:
-            raise ConfigError("free bits are not supported with the score-function estimator")
         if baseline not in ("none", "mean"):
             raise ConfigError(f"baseline must be 'none' or 'mean', got {baseline!r}")
         if baseline == "mean" and num_samples < 2:
@@ -259,11 +267,57 @@ class ScoreFunction(Objective):
         )
 
 
+class WakeSleep(Objective):
+    """The wake-sleep algorithm (Hinton et al. 1995) as a surrogate loss on the VAE's networks.
+
+    *Wake*: z ~ q(z|x) without reparameterisation, and the decoder follows ∇_θ log p(x|z).
+    *Sleep*: a dream z' ~ p(z), x' ~ p(x'|z') from the current decoder (no gradient), and the
+    encoder follows ∇_φ log q(z'|x'). The two terms touch disjoint parameters, so one backward
+    pass gives both phases' gradients. The encoder minimises KL(p(z|x) ‖ q(z|x)) averaged
+    over dreams, not the ELBO's KL(q ‖ p), so it optimises no single bound; ``elbo`` is the
+    ELBO (estimator B) of the current networks on x, the same estimate AEVB reports.
+    """
+
+    name = "wake-sleep"
+
+    def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        samples = latent_samples(model, x, self.num_samples, reparameterised=False)
+        reconstruction = samples.log_likelihood.mean()  # wake: gradient for θ only
+        with torch.no_grad():
+            z_dream = model.prior.sample((self.num_samples * len(x),))
+            x_dream = model.likelihood(z_dream).sample()
+        sleep = model.posterior(x_dream).log_prob(z_dream).mean()  # gradient for φ only
+        kl = kl_to_standard_normal(samples.posterior).mean().detach()
+        elbo = reconstruction.detach() - kl
+        return ObjectiveTerms(
+            -(reconstruction + sleep), elbo, reconstruction.detach(), kl, None, elbo
+        )
+
+
+class Autoencoder(Objective):
+    """A plain autoencoder on the VAE's networks: code z = E_q[z|x], loss −log p(x|z).
+
+    No noise and no KL term, so nothing shapes the codes' distribution: the seed notes'
+    contrast to the VAE. Its ``elbo`` and ``bound`` are the reconstruction log-likelihood at
+    the code, which is *not* a bound on log p(x); ``kl`` is reported as 0.
+    """
+
+    name = "autoencoder"
+
+    def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        reconstruction = model.likelihood(model.posterior(x).mean).log_prob(x).mean()
+        zero = torch.zeros_like(reconstruction)
+        value = reconstruction.detach()
+        return ObjectiveTerms(-reconstruction, value, value, zero, None, value)
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
     "sgvb-a": SGVBA,
     "sgvb-b": SGVBB,
     "iwae": IWAE,
     "score-function": ScoreFunction,
+    "wake-sleep": WakeSleep,
+    "autoencoder": Autoencoder,
 }
 
 

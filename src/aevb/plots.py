@@ -111,3 +111,77 @@ def write_run_plots(
     save_reconstructions(
         originals, model.reconstruct(originals), image_shape, run_dir / "reconstructions.png"
     )
+
+
+METHOD_COLOURS = {"aevb": "tab:blue", "wake-sleep": "tab:orange", "mcem": "tab:green"}
+
+
+def plot_curves(
+    rows: Sequence[dict],
+    path: str | Path,
+    panel_key: str,
+    panel_title: str,
+    ylabel: str,
+    title: str,
+) -> None:
+    """The paper's Figs. 2 and 3: ``value`` against ``train_samples`` (log scale), one panel
+    per value of ``panel_key``, a colour per ``method``, train solid and test dashed."""
+    panels = sorted({row[panel_key] for row in rows})
+    figure = Figure(figsize=(3.2 * max(len(panels), 1), 3.4))
+    axes_list = figure.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    for axes, panel in zip(axes_list, panels, strict=False):
+        for method in dict.fromkeys(row["method"] for row in rows):
+            for split, style in (("train", "-"), ("test", "--")):
+                points = sorted(
+                    (row["train_samples"], row["value"])
+                    for row in rows
+                    if row[panel_key] == panel and row["method"] == method and row["split"] == split
+                )
+                if points:
+                    x, y = zip(*points, strict=True)
+                    axes.plot(
+                        x,
+                        y,
+                        style,
+                        marker=".",
+                        color=METHOD_COLOURS.get(method),
+                        label=f"{method} ({split})",
+                    )
+        axes.set_xscale("log")
+        axes.set_title(panel_title.format(panel))
+        axes.set_xlabel("training samples evaluated")
+        axes.grid(alpha=0.3)
+    axes_list[0].set_ylabel(ylabel)
+    axes_list[0].legend(fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def save_manifolds(
+    panels: Sequence[tuple[str, np.ndarray, Sequence[int]]], grid_size: int, path: str | Path
+) -> None:
+    """The paper's Fig. 4: per (title, images (grid_size², H·W), image_shape), the decoded
+    grid of 2-D latents as one image, side by side."""
+    figure = Figure(figsize=(5 * len(panels), 5.4))
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axes, (name, images, shape) in zip(axes_list, panels, strict=True):
+        axes.imshow(image_grid(images, shape, ncols=grid_size), cmap="gray", vmin=0, vmax=1)
+        axes.set_title(f"{name}: learned 2-D manifold")
+        axes.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def save_sample_panels(
+    panels: Sequence[tuple[str, np.ndarray]], image_shape: Sequence[int], path: str | Path
+) -> None:
+    """The paper's Fig. 5: per (title, images (N, H·W)) a grid of samples, side by side."""
+    figure = Figure(figsize=(3.5 * len(panels), 3.8))
+    axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axes, (name, images) in zip(axes_list, panels, strict=True):
+        axes.imshow(np.clip(image_grid(images, image_shape), 0, 1), cmap="gray", vmin=0, vmax=1)
+        axes.set_title(name)
+        axes.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
