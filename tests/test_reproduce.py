@@ -4,6 +4,7 @@ resumption, and the pieces the figures are built from."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import pytest
 from scipy.stats import norm
 
 from aevb.cli import main
-from aevb.reproduce import latent_grid, log_spaced_epochs
+from aevb.errors import AevbError
+from aevb.reproduce import (
+    elbo_measure,
+    latent_grid,
+    log_spaced_epochs,
+    read_curve,
+    train_with_curve,
+)
+from aevb.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -123,3 +132,39 @@ def test_contrast_commands_run_end_to_end(tmp_path, capsys):
     assert int(row["latent_dim"]) == 2
     assert float(row["vae_train_gap"]) >= 0 and float(row["ae_train_gap"]) >= 0
     assert (out / "contrast-pca.png").exists()
+
+
+def test_a_point_cut_short_by_a_kill_is_measured_on_resume(tmp_path, digits):
+    """A kill while a point is measured (after its epoch's checkpoint) loses nothing: the
+    resumed run measures it from the checkpoint, and every point equals an uninterrupted
+    run's. A rerun with other settings is refused instead of mixing two runs."""
+    config = TrainConfig(
+        dataset="digits", latent_dim=2, hidden=(16,), epochs=4, batch_size=128, device="cpu"
+    )
+    eval_sets = {"train": digits.train[:200], "test": digits.test}
+    labels = {"method": "aevb"}
+    calls = []
+
+    def killed_at_third_call(model, x):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 2, first split
+            raise KeyboardInterrupt
+        return elbo_measure(model, x)
+
+    run = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train_with_curve(run, config, digits, eval_sets, killed_at_third_call, 4, labels, False)
+    assert sorted({row["epoch"] for row in read_curve(run)}) == [1]
+    resumed = train_with_curve(run, config, digits, eval_sets, elbo_measure, 4, labels, False)
+    reference = train_with_curve(
+        tmp_path / "reference", config, digits, eval_sets, elbo_measure, 4, labels, False
+    )
+    key = lambda row: (row["epoch"], row["split"])  # noqa: E731
+    assert [key(r) for r in sorted(resumed, key=key)] == [
+        (e, s) for e in (1, 2, 3, 4) for s in ("test", "train")
+    ]
+    values = {key(r): r["value"] for r in reference}
+    assert all(r["value"] == values[key(r)] for r in resumed)
+    other_seed = dataclasses.replace(config, seed=1)
+    with pytest.raises(AevbError, match="other settings: seed 0"):
+        train_with_curve(run, other_seed, digits, eval_sets, elbo_measure, 4, labels, False)

@@ -201,12 +201,13 @@ def _add_reproduce(commands) -> None:
         sub = figures.add_parser(name, help=help)
         sub.add_argument("--out", default=f"reproduce/{name}", help="output folder")
         sub.add_argument("--data-dir", help="folder holding the datasets (or AEVB_DATA_DIR)")
-        sub.add_argument(
+        length = sub.add_mutually_exclusive_group()
+        length.add_argument(
             "--train-samples",
             type=_positive_int,
             help="training samples evaluated per run (defaults sized for a 2-core CPU)",
         )
-        sub.add_argument(
+        length.add_argument(
             "--full",
             action="store_true",
             help=f"the paper's {FULL_TRAIN_SAMPLES:.0e} training samples per run (GPU-scale)",

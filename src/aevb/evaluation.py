@@ -261,8 +261,21 @@ def hmc_proposal(
         mean = draws.mean(1)
         centred = draws - mean.unsqueeze(1)
         covariance = centred.transpose(1, 2) @ centred / (draws.shape[1] - 1)
-        jitter = 1e-6 * torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-        scale_tril = torch.linalg.cholesky(inflation * covariance + jitter)
-        return full_covariance_gaussian(mean, scale_tril)
+        return full_covariance_gaussian(mean, _cholesky(inflation * covariance))
 
     return proposal
+
+
+def _cholesky(covariance: Tensor) -> Tensor:
+    """Cholesky factors of a batch of sample covariances (..., D, D), with a jitter on the
+    diagonal that grows (from 10⁻⁶) until every factorisation succeeds — chains that stuck
+    give singular covariances."""
+    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    jitter = 1e-6
+    while True:
+        scale_tril, info = torch.linalg.cholesky_ex(covariance + jitter * eye)
+        if not info.any():
+            return scale_tril
+        if jitter > 1e6:
+            raise ValueError("the covariance of the HMC draws is not finite")
+        jitter *= 100

@@ -50,7 +50,7 @@ class MonteCarloEM:
 
     def step(self, x: Tensor, index: Tensor) -> Tensor:
         """One HMC transition for the rows ``index``, then the θ updates. Returns the mean
-        log p_θ(x|z) of the batch after the updates (nats per example, detached)."""
+        log p_θ(x|z) of the batch before the last update (nats per example, detached)."""
         density = log_joint(self.model, x)
         state = self.sampler.start(density, self.z[index])
         step_size = self.step_size[index]

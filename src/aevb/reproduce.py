@@ -41,17 +41,18 @@ from aevb.errors import AevbError
 from aevb.evaluation import evaluate, fixed_randomness, hmc_proposal
 from aevb.mcem import MonteCarloEM
 from aevb.models import VAE
-from aevb.presets import preset_config
+from aevb.presets import PRESETS, preset_config
 from aevb.training import (
     CONFIG_FILE,
     EVAL_BATCH,
     EVAL_SEED,
     DynamicBinarization,
+    TrainConfig,
     Trainer,
     binarize_once,
     make_optimizer,
+    read_run_config,
     resolve_device,
-    resume,
 )
 
 FIGURE2_LATENT_DIMS = {"mnist": (3, 5, 10, 20, 200), "frey": (2, 5, 10, 20)}
@@ -80,7 +81,7 @@ def _eval_x(rows: np.ndarray, binarize: str, device: torch.device, limit: int) -
     return binarize_once(rows[:limit], binarize).to(device)
 
 
-def _read_curve(run_dir: Path) -> list[dict]:
+def read_curve(run_dir: Path) -> list[dict]:
     """The run's curve points; where a resumed run measured an epoch twice, the last wins."""
     path = run_dir / CURVE_FILE
     if not path.exists():
@@ -98,9 +99,43 @@ def _append_curve(run_dir: Path, rows: list[dict]) -> None:
 Measure = Callable[[VAE, Tensor], float]
 
 
+# Settings a reused run may differ in; any other difference is refused.
+MAY_DIFFER = ("epochs", "device", "compile", "data_dir")
+
+
+def _reuse_config(run_dir: Path, config: TrainConfig) -> TrainConfig | None:
+    """The config to continue the run in ``run_dir`` with (its own, with ``config``'s epochs
+    and device), or ``None`` if there is no run; an error if it was made with other settings."""
+    if not (run_dir / CONFIG_FILE).exists():
+        return None
+    saved = TrainConfig.from_dict(read_run_config(run_dir)["train"])
+    different = [
+        f"{name} {getattr(saved, name)!r} (now {value!r})"
+        for name, value in config.to_dict().items()
+        if name not in MAY_DIFFER and value is not None and getattr(saved, name) != value
+    ]
+    if different:
+        raise AevbError(
+            f"{run_dir} holds a run made with other settings: {'; '.join(different)}. Use "
+            "another --out folder, or delete that run folder to start it again"
+        )
+    return dataclasses.replace(saved, epochs=config.epochs, device=config.device)
+
+
+def _check_curve_labels(run_dir: Path, labels: dict) -> None:
+    """Refuse to extend a curve measured with other settings (estimator, rows, …)."""
+    for row in read_curve(run_dir)[:1]:
+        changed = {k: (row.get(k), v) for k, v in labels.items() if row.get(k) != v}
+        if changed:
+            raise AevbError(
+                f"{run_dir / CURVE_FILE} was measured with other settings "
+                f"(was, now): {changed}; use another --out folder"
+            )
+
+
 def train_with_curve(
     run_dir: Path,
-    config,
+    config: TrainConfig,
     dataset: Dataset,
     eval_sets: dict[str, np.ndarray],
     measure: Measure,
@@ -112,44 +147,44 @@ def train_with_curve(
     ``measure(model, x)`` on each evaluation split at log-spaced epochs.
 
     Returns the run's curve: one row per (epoch, split) with ``labels`` and the cumulative
-    ``train_samples`` and training seconds.
+    ``train_samples`` and training seconds. A point whose measurement was cut short by a kill
+    (after its epoch's checkpoint) is measured when the run resumes, from that checkpoint.
     """
-    device = resolve_device(config.device)
-    epochs = config.epochs
-    schedule = set(log_spaced_epochs(epochs, num_points))
-    done = {(row["epoch"], row["split"]) for row in _read_curve(run_dir)}
-    xs = {
-        split: _eval_x(rows, config.binarize, device, MAX_EVAL_ROWS)
-        for split, rows in eval_sets.items()
-    }
+    _check_curve_labels(run_dir, labels)
+    reused = _reuse_config(run_dir, config)
+    config = reused or config
+    schedule = set(log_spaced_epochs(config.epochs, num_points))
+    done = {(row["epoch"], row["split"]) for row in read_curve(run_dir)}
 
-    def on_epoch_end(trainer: Trainer) -> None:
+    def measure_epoch(trainer: Trainer) -> None:
         epoch = trainer.state.epoch
         if epoch not in schedule:
             return
-        rows = []
-        for split, x in xs.items():
-            if (epoch, split) in done:
-                continue
-            rows.append(
-                {
-                    **labels,
-                    "epoch": epoch,
-                    "train_samples": epoch * len(trainer.train_x),
-                    "split": split,
-                    "value": measure(trainer.model, x),
-                    "train_seconds": trainer.state.train_seconds,
-                }
-            )
-        _append_curve(run_dir, rows)
+        rows = [
+            {
+                **labels,
+                "epoch": epoch,
+                "train_samples": epoch * len(trainer.train_x),
+                "split": split,
+                "value": measure(trainer.model, x),
+                "train_seconds": trainer.state.train_seconds,
+            }
+            for split, x in xs.items()
+            if (epoch, split) not in done
+        ]
+        if rows:
+            _append_curve(run_dir, rows)
 
-    if (run_dir / CONFIG_FILE).exists():
-        resume(
-            run_dir, epochs=epochs, dataset=dataset, progress=progress, on_epoch_end=on_epoch_end
-        )
-    else:
-        Trainer(config, run_dir, dataset, progress, on_epoch_end).fit()
-    return _read_curve(run_dir)
+    trainer = Trainer(config, run_dir, dataset, progress, measure_epoch)
+    xs = {
+        split: _eval_x(rows, trainer.config.binarize, trainer.device, MAX_EVAL_ROWS)
+        for split, rows in eval_sets.items()
+    }
+    if reused is not None:
+        trainer.start(resume=True)
+        measure_epoch(trainer)  # the checkpoint's epoch, if its point is missing
+    trainer.fit(resume=reused is not None)
+    return read_curve(run_dir)
 
 
 def elbo_measure(model: VAE, x: Tensor) -> float:
@@ -185,9 +220,9 @@ def _lr_override(lr: float | None) -> dict:
     return {} if lr is None else {"lr": lr}
 
 
-def _lr_suffix(lr: float | None) -> str:
+def _lr_suffix(lr: float | None, preset: str) -> str:
     """Run folders with a step size other than the preset's carry it in their name."""
-    return "" if lr is None else f"-lr{lr:g}"
+    return "" if lr is None or lr == PRESETS[preset]["lr"] else f"-lr{lr:g}"
 
 
 def _run_dir(out_dir: Path, data: Dataset, latent_dim: int, method: str) -> Path:
@@ -249,7 +284,7 @@ def figure2(
             seed=seed,
             **_lr_override(lr),
         )
-        run_dir = _run_dir(out_dir, data, latent_dim, method + _lr_suffix(lr))
+        run_dir = _run_dir(out_dir, data, latent_dim, method + _lr_suffix(lr, PRESET[dataset]))
         message = f"figure 2 [{index}/{len(runs)}]: {dataset}, N_z = {latent_dim}, {method}"
         _announce(message, progress)
         labels = {"dataset": dataset, "method": method, "latent_dim": latent_dim}
@@ -360,10 +395,11 @@ def figure3(
     runs = [
         (n, m) for n in train_sizes for m in methods if not (m == "mcem" and n > MCEM_MAX_TRAIN)
     ]
+    too_large = [n for n in train_sizes if n > len(data.train)]
+    if too_large:
+        raise AevbError(f"MNIST has {len(data.train)} training images, not {too_large[0]}")
     rows: list[dict] = []
     for index, (num_train, method) in enumerate(runs, 1):
-        if num_train > len(data.train):
-            raise AevbError(f"MNIST has {len(data.train)} training images, not {num_train}")
         subset = dataclasses.replace(
             data, train=data.train[:num_train], train_labels=data.train_labels[:num_train]
         )
@@ -379,10 +415,17 @@ def figure3(
             seed=seed,
             **_lr_override(lr),
         )
-        name = f"mnist-n{num_train}-z{latent_dim}-h{hidden}-{method}{_lr_suffix(lr)}"
+        suffix = _lr_suffix(lr, "paper-mnist")
+        name = f"mnist-n{num_train}-z{latent_dim}-h{hidden}-{method}{suffix}"
         run_dir = out_dir / "runs" / name
         _announce(f"figure 3 [{index}/{len(runs)}]: N_train = {num_train}, {method}", progress)
-        labels = {"dataset": "mnist", "method": method, "num_train": num_train}
+        labels = {
+            "dataset": "mnist",
+            "method": method,
+            "num_train": num_train,
+            "eval_rows": eval_rows,
+            "importance_samples": importance_samples,
+        }
         eval_sets = {"train": subset.train[:eval_rows], "test": data.test[:eval_rows]}
         train = train_mcem_with_curve if method == "mcem" else train_with_curve
         rows += train(run_dir, config, subset, eval_sets, measure, num_points, labels, progress)
@@ -417,11 +460,16 @@ def train_mcem_with_curve(
     Checkpoints (model, optimiser, chains, step sizes, random state) at every evaluation and
     at least once a minute, and resumes from them.
     """
+    _check_curve_labels(run_dir, labels)
+    config = _reuse_config(run_dir, config) or config
     device = resolve_device(config.device)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    # The Trainer builds the model, optimiser-independent parts and training tensor exactly
-    # as for AEVB; Monte Carlo EM then replaces the optimiser and the step.
+    # The Trainer builds the model and the training tensor exactly as for AEVB; Monte Carlo
+    # EM then replaces the optimiser and the step.
     base = Trainer(config, run_dir, dataset, progress=False)
+    if not (run_dir / CONFIG_FILE).exists():
+        text = json.dumps(base.run_config(), indent=2) + "\n"
+        ckpt.atomic_write_text(run_dir / CONFIG_FILE, text)
     model, train_x = base.model, base.train_x
     optimizer = make_optimizer(base.config, model.decoder.parameters())
     mcem = MonteCarloEM(model, optimizer, len(train_x))
@@ -499,7 +547,7 @@ def train_mcem_with_curve(
             if epoch in schedule or time.perf_counter() - last_save > MCEM_CHECKPOINT_SECONDS:
                 save()
                 last_save = time.perf_counter()
-    return _read_curve(run_dir)
+    return read_curve(run_dir)
 
 
 # --------------------------------------------------------------------------- figures 4 and 5
