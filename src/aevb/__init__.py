@@ -5,8 +5,8 @@ The layers, from the maths up: :mod:`aevb.distributions`, :mod:`aevb.networks`,
 :mod:`aevb.hmc` (Hamiltonian Monte Carlo on the posterior), :mod:`aevb.evaluation`,
 :mod:`aevb.data`, :mod:`aevb.training` (the AEVB loop and run folders), :mod:`aevb.mcem`
 (Monte Carlo EM), :mod:`aevb.presets` (the paper's set-up), :mod:`aevb.reproduce` (the paper's
-figures), :mod:`aevb.contrasts` (autoencoder vs VAE, PCA vs linear VAE), :mod:`aevb.plots` and
-:mod:`aevb.cli`.
+figures), :mod:`aevb.contrasts` (autoencoder vs VAE, PCA vs linear VAE), :mod:`aevb.plots`,
+:mod:`aevb.sklearn` (a scikit-learn estimator) and :mod:`aevb.cli`.
 """
 
 from aevb.errors import AevbError, ConfigError, DataError

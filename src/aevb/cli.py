@@ -1,4 +1,5 @@
-"""The ``aevb`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``reproduce``.
+"""The ``aevb`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``embed``,
+``score``, ``reproduce``.
 
 Every command is a thin layer over the Python API. Problems with the user's input end with
 one ``error: …`` line and exit status 2, never a traceback.
@@ -13,14 +14,20 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aevb.errors import AevbError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Settings that may change when a run is resumed; any other flag is refused with --resume.
 RESUMABLE = ("epochs", "device", "compile")
+# Rows encoded at a time by ``aevb embed``.
+EMBED_BATCH = 10_000
 
 
 THREADS_HELP = "CPU threads for tensor operations (default: one per core)"
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = train.add_argument
     add(
         "--dataset",
-        help=f"one of {', '.join(DATASETS)}, or a .npy/.npz/.csv file "
+        help=f"one of {', '.join(DATASETS)}, or a .npy/.npz/.csv/.parquet file "
         "(default: digits, bundled with scikit-learn)",
     )
     add(
@@ -184,8 +191,48 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_table_commands(commands)
     _add_reproduce(commands)
     return parser
+
+
+def _add_table_commands(commands) -> None:
+    """``aevb embed`` and ``aevb score``: use a trained model on the rows of a table."""
+    embed = commands.add_parser(
+        "embed", help="write the posterior means (codes) of every row of a table to a CSV file"
+    )
+    score = commands.add_parser(
+        "score",
+        help="write each row's importance-sampled log-likelihood (higher = more typical) to a "
+        "CSV file",
+    )
+    for sub in (embed, score):
+        sub.add_argument("run_dir", help="a run folder written by aevb train")
+        sub.add_argument(
+            "--data",
+            required=True,
+            help="the rows: a .csv (header row optional), .parquet or .npy file with the run's "
+            "number of columns",
+        )
+        sub.add_argument("--out", required=True, help="CSV file to write (one line per row)")
+        sub.add_argument(
+            "--which",
+            choices=("best", "last"),
+            default="best",
+            help="checkpoint to use (default best)",
+        )
+        sub.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+        sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+    embed.add_argument(
+        "--std", action="store_true", help="also write the posterior standard deviations"
+    )
+    score.add_argument(
+        "--importance-samples",
+        type=_positive_int,
+        default=1000,
+        help="k draws from the encoder per row (default 1000)",
+    )
+    score.add_argument("--seed", type=int, default=0)
 
 
 def _add_reproduce(commands) -> None:
@@ -371,6 +418,91 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_rows(args: argparse.Namespace, run: dict) -> np.ndarray:
+    """All rows of ``args.data`` as (N, D) float32, checked against the run's D features."""
+    from aevb.data import load_table
+
+    x, columns = load_table(args.data)
+    expected = int(run["model"]["data_dim"])
+    if x.shape[1] != expected:
+        named = ""
+        if columns:
+            named = f" ({', '.join(columns[:8])}{', …' if len(columns) > 8 else ''})"
+        raise AevbError(
+            f"{args.data} has {x.shape[1]} column(s){named} but the model in {args.run_dir} "
+            f"was trained on {expected}; give the same columns, in the same order"
+        )
+    return x
+
+
+def _write_csv(path: str, header: list[str], values: np.ndarray) -> None:
+    """Write (N, len(header)) ``values`` under one header line; 9 significant digits."""
+    import numpy as np
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(path, values, fmt="%.9g", delimiter=",", header=",".join(header), comments="")
+    except OSError as error:
+        raise AevbError(f"cannot write {path}: {error}") from error
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import torch
+
+    from aevb.training import load_model, read_run_config
+
+    run = read_run_config(args.run_dir)
+    x = _read_rows(args, run)
+    model = load_model(args.run_dir, which=args.which, device=args.device)
+    device = next(model.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(x), EMBED_BATCH):
+            q = model.posterior(torch.from_numpy(x[start : start + EMBED_BATCH]).to(device))
+            parts.append(torch.cat([q.mean, q.stddev], 1) if args.std else q.mean)
+    codes = torch.cat(parts).cpu().numpy()  # (N, latent_dim), or (N, 2 latent_dim) with --std
+    d = model.config.latent_dim
+    header = [f"z{i}" for i in range(1, d + 1)]
+    if args.std:
+        header += [f"std{i}" for i in range(1, d + 1)]
+    _write_csv(args.out, header, codes)
+    print(f"wrote {len(codes)} codes of {d} dimensions to {args.out}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from aevb.evaluation import log_likelihood_per_example
+    from aevb.training import TrainConfig, binarize_once, load_model, read_run_config
+
+    run = read_run_config(args.run_dir)
+    x = _read_rows(args, run)
+    model = load_model(args.run_dir, which=args.which, device=args.device)
+    binarize = TrainConfig.from_dict(run["train"]).binarize
+    if model.config.likelihood == "bernoulli":
+        # Scored like the run's own evaluation data (aevb evaluate): binarized with the same
+        # fixed seed, so the numbers are comparable.
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise AevbError(
+                f"{args.data} spans [{lo:g}, {hi:g}], but the model in {args.run_dir} has a "
+                "Bernoulli likelihood: its data must lie in [0, 1]"
+            )
+        if binarize in (None, "none") and not bool(((x == 0) | (x == 1)).all()):
+            raise AevbError(
+                f"{args.data} holds values other than 0 and 1, but the model in {args.run_dir} "
+                "was trained on binary data without binarization: the Bernoulli log-probability "
+                "of a grey value is not a log-likelihood"
+            )
+    rows = binarize_once(x, binarize or "none").to(next(model.parameters()).device)
+    scores = log_likelihood_per_example(model, rows, args.importance_samples, args.seed)
+    _write_csv(args.out, ["log_likelihood"], scores.cpu().numpy()[:, None])
+    print(
+        f"wrote {len(scores)} log-likelihoods (nats, k = {args.importance_samples}; mean "
+        f"{float(scores.mean()):.3f}) to {args.out}"
+    )
+    return 0
+
+
 def _table(values: dict) -> str:
     rows = [
         (
@@ -461,6 +593,8 @@ COMMANDS = {
     "sample": _sample,
     "reconstruct": _reconstruct,
     "evaluate": _evaluate,
+    "embed": _embed,
+    "score": _score,
     "reproduce": _reproduce,
 }
 

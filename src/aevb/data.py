@@ -1,9 +1,11 @@
-"""Datasets for AEVB: the standard benchmarks and the user's own .npy/.npz/.csv files.
+"""Datasets for AEVB: the standard benchmarks and the user's own .npy/.npz/.csv/.parquet files.
 
 Every loader returns a :class:`Dataset` of C-contiguous float32 ``(N, D)`` matrices split into
 train / validation / test. Named datasets are found on disk (``data_dir``, ``AEVB_DATA_DIR`` or
 the cache folder), downloaded when allowed, and always checked against their published
-checksums. Every bad input raises :class:`~aevb.errors.DataError` with one clear message.
+checksums. Numeric tables (.csv with or without a header row, .parquet) are read by
+:func:`load_table` too, which keeps every row and the column names. Every bad input raises
+:class:`~aevb.errors.DataError` with one clear message (naming the column where one is known).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tokenize
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,10 +32,17 @@ from tqdm import tqdm
 
 from aevb.errors import DataError
 
-__all__ = ["DATASETS", "Dataset", "default_cache_dir", "default_data_dir", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "default_cache_dir",
+    "default_data_dir",
+    "load_dataset",
+    "load_table",
+]
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "binarized-mnist", "frey", "digits")
-_USER_SUFFIXES = (".npy", ".npz", ".csv")
+_USER_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
 _IDX_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -140,7 +150,8 @@ def load_dataset(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> Dataset:
-    """Load a named dataset (see DATASETS) or a user .npy/.npz/.csv file (values kept as is).
+    """Load a named dataset (see DATASETS) or a user .npy/.npz/.csv/.parquet file (values kept
+    as is; a .csv file may have a header row).
 
     ``val_fraction`` in [0, 1) of the training rows is held out as validation (except for
     binarized-mnist and .npz files with a ``val`` array, which have their own), using a
@@ -495,12 +506,31 @@ def _assemble(
 # --- user files ---------------------------------------------------------------------------------
 
 
-def _load_user_file(path: Path, split: dict) -> Dataset:
+def load_table(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
+    """Read every row of a user .csv/.parquet/.npy file (or an .npz holding one array).
+
+    Returns the values as a C-contiguous float32 ``(N, D)`` matrix (3-D arrays flattened
+    row-major) and the column names (from a CSV header row or the Parquet schema; ``None``
+    when the file has none). No rows are held out. Non-numeric columns, NaN or infinite
+    values and empty tables raise :class:`~aevb.errors.DataError`, naming the column.
+    """
+    path = Path(path).expanduser()
+    arrays, columns = _read_user_arrays(path)
+    if len(arrays) != 1:
+        raise DataError(f"{path}: expected a single array (one table), found {sorted(arrays)}")
+    ((key, x),) = arrays.items()
+    flat, _ = _check_array(x, _where(path, key), min_rows=1, columns=columns)
+    return flat, columns
+
+
+def _read_user_arrays(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """The arrays of a user file by name ("" for a single one) and its column names, if any."""
     suffix = path.suffix.lower()
     if suffix not in _USER_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {_USER_SUFFIXES}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    columns = None
     try:
         if suffix == ".npy":
             with open(path, "rb") as f:
@@ -512,14 +542,22 @@ def _load_user_file(path: Path, split: dict) -> Dataset:
                     key = info.filename.removesuffix(".npy")
                     with archive.open(info) as f:
                         arrays[key] = _read_npy(f, info.file_size, _where(path, key))
+        elif suffix == ".parquet":
+            x, columns = _read_parquet(path)
+            arrays = {"": x}
         else:
-            arrays = {"": _read_csv(path)}
+            x, columns = _read_csv(path)
+            arrays = {"": x}
     except _READ_ERRORS as e:
         raise DataError(f"{path}: cannot read {suffix} file ({type(e).__name__}: {e})") from e
+    return arrays, columns
 
+
+def _load_user_file(path: Path, split: dict) -> Dataset:
+    arrays, columns = _read_user_arrays(path)
     if len(arrays) == 1:
         ((key, x),) = arrays.items()
-        train, shape = _check_array(x, _where(path, key), min_rows=2)
+        train, shape = _check_array(x, _where(path, key), min_rows=2, columns=columns)
         parts = {"train": train}
     elif {"train", "test"} <= arrays.keys() <= {"train", "val", "test"}:
         # A given val array may be empty (as with val_fraction=0); train and test may not.
@@ -587,9 +625,12 @@ def _read_npy(f: BinaryIO, nbytes: int, where: str) -> np.ndarray:
 
 
 def _check_array(
-    x: np.ndarray, where: str, min_rows: int
+    x: np.ndarray, where: str, min_rows: int, columns: Sequence[str] | None = None
 ) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Validate a user array; return it as (N, D) float32 and its (H, W) if it was 3-D."""
+    """Validate a user array; return it as (N, D) float32 and its (H, W) if it was 3-D.
+
+    ``columns`` are the D column names of a table, used to name the columns of bad values.
+    """
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: values must be numeric, got dtype {x.dtype}")
     if x.ndim not in (2, 3):
@@ -606,6 +647,16 @@ def _check_array(
     bad = ~np.isfinite(flat)
     if bad.any():
         row, col = np.argwhere(bad)[0]
+        if columns is not None and len(columns) == flat.shape[1]:
+            named = [repr(str(columns[j])) for j in np.flatnonzero(bad.any(axis=0))]
+            which = f"column {named[0]} holds"
+            if len(named) > 1:
+                which = f"columns {', '.join(named)} hold"
+            raise DataError(
+                f"{where}: {which} {int(bad.sum())} value(s) that are missing (NaN), infinite "
+                f"or too large for float32 (first in column {str(columns[col])!r}, data row "
+                f"{row + 1}, counting from 1 without the header)"
+            )
         raise DataError(
             f"{where}: {int(bad.sum())} value(s) are NaN, infinite or too large for float32 "
             f"(first at row {row}, column {col})"
@@ -613,28 +664,83 @@ def _check_array(
     return flat, shape
 
 
-def _read_csv(path: Path) -> np.ndarray:
-    """Read a numeric CSV with an optional header row into (N, D) float64."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """Read a numeric CSV into (N, D) float64 and its header's names (``None`` without one).
+
+    The first line is a header when any of its cells is not a number. A UTF-8 byte-order mark
+    (as spreadsheet programs write) is ignored.
+    """
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     first = next(csv.reader(lines[:1]), [])
     header = None
     if first and not all(_is_number(cell) for cell in first):
-        header, lines = first, lines[1:]
+        header, lines = [cell.strip() for cell in first], lines[1:]
     if not any(line.strip() for line in lines):
         raise DataError(f"{path}: array is empty (no data rows)")
     try:
-        return np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
+        x = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
     except ValueError as e:
         # loadtxt names a bad cell by number only; find it again to name its column.
         for i, row in enumerate(csv.reader(lines)):
             for j, cell in enumerate(row):
                 if not _is_number(cell):
                     name = f" {header[j]!r}" if header and j < len(header) else ""
+                    missing = ", a missing value" if not cell.strip() else ""
                     raise DataError(
                         f"{path}: column {j + 1}{name} is not numeric (line "
-                        f"{i + 1 + (header is not None)} has {cell!r})"
+                        f"{i + 1 + (header is not None)} has {cell!r}{missing})"
                     ) from e
         raise DataError(f"{path}: malformed CSV ({e})") from e
+    if header is not None and len(header) != x.shape[1]:
+        raise DataError(
+            f"{path}: the header names {len(header)} column(s) but the rows have {x.shape[1]}"
+        )
+    return x, header
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Read a Parquet table of numeric columns into (N, D) float64 and its column names.
+
+    Integer, float and boolean columns are accepted (missing values become NaN and are
+    refused later, by name); any other column type is refused, naming the column.
+    """
+    try:
+        import pandas as pd
+        import pyarrow
+    except ImportError as e:
+        raise DataError(
+            f"{path}: reading .parquet files needs pandas and pyarrow ({e}); install them with "
+            "`pip install pandas pyarrow`, or save the table as .csv"
+        ) from e
+    try:
+        frame = pd.read_parquet(path)
+    except pyarrow.ArrowException as e:
+        raise DataError(f"{path}: cannot read .parquet file ({type(e).__name__}: {e})") from e
+    names = [str(name) for name in frame.columns]
+    for j, (name, dtype) in enumerate(zip(names, frame.dtypes, strict=True)):
+        numeric = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        if numeric and not pd.api.types.is_complex_dtype(dtype):
+            continue
+        column = frame.iloc[:, j]
+        first = next(((i, v) for i, v in enumerate(column) if not _is_number_like(v)), None)
+        where = "" if first is None else f"; data row {first[0] + 1} has {first[1]!r}"
+        raise DataError(
+            f"{path}: column {j + 1} {name!r} is not numeric (type {dtype}{where}); "
+            "drop or encode it as numbers"
+        )
+    if not names:
+        raise DataError(f"{path}: array is empty (the table has no columns)")
+    x = np.empty((len(frame), len(names)), dtype=np.float64)
+    for j in range(len(names)):
+        x[:, j] = frame.iloc[:, j].to_numpy(dtype=np.float64, na_value=np.nan)
+    return x, names
+
+
+def _is_number_like(value: object) -> bool:
+    """Whether a Parquet cell of a non-numeric column reads as a number (None counts)."""
+    if value is None or isinstance(value, (int, float, np.number)):
+        return True
+    return isinstance(value, str) and _is_number(value)
 
 
 def _is_number(cell: str) -> bool:

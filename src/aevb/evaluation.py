@@ -112,11 +112,7 @@ def evaluate(
         raise ValueError("cannot evaluate on an empty data split")
     k = int(importance_samples)
     m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
-    if chunk_elements is None:
-        chunk_elements = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cuda"])
-    if batch_size is None:
-        batch_size = max(1, min(n, chunk_elements // data_dim))
-    samples_per_chunk = max(1, min(k, chunk_elements // (batch_size * data_dim)))
+    batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements)
     dtype = torch.float64 if float64 else torch.float32
     was_training = model.training
     model.eval()
@@ -156,6 +152,51 @@ def evaluate(
     )
 
 
+def _chunk_sizes(
+    x: Tensor, k: int, batch_size: int | None, chunk_elements: int | None
+) -> tuple[int, int]:
+    """Datapoints per batch and samples per chunk, so that one chunk's likelihood tensor has
+    about ``chunk_elements`` values (default by device: :data:`CHUNK_ELEMENTS`)."""
+    n, data_dim = x.shape
+    if chunk_elements is None:
+        chunk_elements = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cuda"])
+    if batch_size is None:
+        batch_size = max(1, min(n, chunk_elements // data_dim))
+    return batch_size, max(1, min(k, chunk_elements // (batch_size * data_dim)))
+
+
+@torch.no_grad()
+def log_likelihood_per_example(
+    model: VAE, x: Tensor, importance_samples: int = 1000, seed: int = 0
+) -> Tensor:
+    """Importance-sampled log p̂(x) of every row of x: (N, data_dim) → (N,) nats, float64.
+
+    The estimate of :func:`evaluate`'s ``log_likelihood``, per row, with k =
+    ``importance_samples`` draws from the encoder per row, made from the same k standard
+    normal draws for every row, so that each row's value depends only on that row (scores are
+    invariant to the order and to the subset of rows scored). Higher is more typical of the
+    training data: an anomaly score with the sign flipped.
+    """
+    k = int(importance_samples)
+    batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None)
+    was_training = model.training
+    model.eval()
+    values = []
+    with fixed_randomness(seed, x.device), tqdm(disable=True) as bar:
+        # The same k standard-normal draws for every row: a row's estimate then depends on
+        # that row alone, not on its position or on the other rows in the call.
+        noise = torch.randn(k, model.latent_dim, device=x.device, dtype=x.dtype)
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size]
+            posterior = model.posterior(batch)
+            stats = _batch_statistics(
+                model, batch, posterior, k, 1, samples_per_chunk, torch.float64, bar, noise
+            )
+            values.append(stats[0])
+    model.train(was_training)
+    return torch.cat(values) if values else x.new_zeros(0, dtype=torch.float64)
+
+
 def _batch_statistics(
     model: VAE,
     x: Tensor,
@@ -165,6 +206,7 @@ def _batch_statistics(
     chunk: int,
     dtype: torch.dtype,
     bar: tqdm,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Per-example sums for one batch of datapoints: (6, batch).
 
@@ -180,7 +222,9 @@ def _batch_statistics(
     sum_log_w = torch.zeros(b, dtype=dtype, device=x.device)
     sum_log_likelihood = torch.zeros(b, dtype=dtype, device=x.device)
     for start in range(0, k, chunk):
-        samples = latent_samples(model, x, min(chunk, k - start), posterior=posterior)
+        count = min(chunk, k - start)
+        shared = None if noise is None else noise[start : start + count]
+        samples = latent_samples(model, x, count, posterior=posterior, noise=shared)
         log_w = samples.log_weights.to(dtype)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
         log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, 0))

@@ -92,16 +92,29 @@ def latent_samples(
     num_samples: int = 1,
     reparameterised: bool = True,
     posterior: Distribution | None = None,
+    noise: Tensor | None = None,
 ) -> LatentSamples:
     """Encode x: (batch, data_dim), draw k = ``num_samples`` latents per row, decode them.
 
     With ``reparameterised=False`` the draws carry no gradient (for the score function);
-    ``posterior`` reuses an encoding of x that is already computed.
+    ``posterior`` reuses an encoding of x that is already computed; ``noise`` (k, latent_dim)
+    gives the standard-normal ε of the k draws, shared by every row (z = μ + σ ε, or μ + L ε):
+    then each row's draws depend on that row alone.
     """
     posterior = model.posterior(x) if posterior is None else posterior
     shape = (num_samples,)
-    z = posterior.rsample(shape) if reparameterised else posterior.sample(shape)
+    if noise is not None:
+        z = _transform_noise(posterior, noise.unsqueeze(1))
+    else:
+        z = posterior.rsample(shape) if reparameterised else posterior.sample(shape)
     return LatentSamples(model, posterior, z, model.likelihood(z).log_prob(x))
+
+
+def _transform_noise(posterior: Distribution, noise: Tensor) -> Tensor:
+    """z = μ + σ ε (diagonal) or μ + L ε (full covariance) for ε: (k, 1, D) → (k, batch, D)."""
+    if is_factorised(posterior):
+        return posterior.mean + posterior.stddev * noise
+    return posterior.loc + (posterior.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass

@@ -431,8 +431,9 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_x) / self.config.batch_size)
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train for ``config.epochs`` epochs (from the last checkpoint if ``resume``)."""
+    def fit(self, resume: bool = False, finish: bool = True) -> dict:
+        """Train for ``config.epochs`` epochs (from the last checkpoint if ``resume``); then,
+        if ``finish``, evaluate on the test split and write the summary and plots."""
         c = self.config
         self.start(resume)
         total_steps = c.epochs * self.steps_per_epoch
@@ -460,7 +461,7 @@ class Trainer:
                 self.train_epoch()
         if self.state.stopped_early:
             warn_if_warmup_incomplete(self.state.step, c.warmup_steps, c.beta, c.beta_start)
-        return self.finish()
+        return self.finish() if finish else {}
 
     def _epoch_data(self) -> Tensor:
         """Permute (and, if dynamic, binarize) the training set for the current epoch."""
