@@ -199,12 +199,6 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return float(self.score_samples(X).mean())
 
     # --------------------------------------------------------------------------- helpers
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        tags.input_tags.allow_nan = False
-        return tags
-
     def _config(self, seed: int) -> TrainConfig:
         return TrainConfig(
             dataset="array",
