@@ -175,11 +175,12 @@ def train_with_curve(
         if rows:
             _append_curve(run_dir, rows)
 
-    trainer = Trainer(config, run_dir, dataset, progress, measure_epoch)
+    trainer = Trainer(config, run_dir, dataset, progress)
     xs = {
         split: _eval_x(rows, trainer.config.binarize, trainer.device, MAX_EVAL_ROWS)
         for split, rows in eval_sets.items()
     }
+    trainer.on_epoch_end = measure_epoch
     if reused is not None:
         trainer.start(resume=True)
         measure_epoch(trainer)  # the checkpoint's epoch, if its point is missing
@@ -207,12 +208,15 @@ def _load(
     name: str, data_dir: str | None, progress: bool, train_rows: int | None = None
 ) -> Dataset:
     """The dataset with no validation split (as in the paper), optionally only its first
-    ``train_rows`` training images (for quick looks and tests)."""
+    ``train_rows`` training images (for quick looks and tests; the dataset is then named
+    ``{name}-n{rows}``, and so are its run folders)."""
     if name not in PRESET:
         raise AevbError(f"the paper's experiments use mnist or frey, not {name!r}")
     data = load_dataset(name, data_dir, val_fraction=0.0, progress=progress)
     if train_rows is not None and train_rows < len(data.train):
-        data = dataclasses.replace(data, train=data.train[:train_rows])
+        data = dataclasses.replace(
+            data, name=f"{name}-n{train_rows}", train=data.train[:train_rows]
+        )
     return data
 
 
@@ -226,10 +230,8 @@ def _lr_suffix(lr: float | None, preset: str) -> str:
 
 
 def _run_dir(out_dir: Path, data: Dataset, latent_dim: int, method: str) -> Path:
-    """``runs/{dataset}-z{N_z}-{method}``, with ``-n{rows}`` when the training set is cut."""
-    full = {"mnist": 60000, "frey": 1769}.get(data.name)
-    rows = "" if len(data.train) == full else f"-n{len(data.train)}"
-    return out_dir / "runs" / f"{data.name}{rows}-z{latent_dim}-{method}"
+    """``runs/{dataset}-z{N_z}-{method}`` (the dataset's name says if it was cut)."""
+    return out_dir / "runs" / f"{data.name}-z{latent_dim}-{method}"
 
 
 def _announce(message: str, progress: bool) -> None:

@@ -23,6 +23,8 @@ from torch import Tensor
 from aevb.data import Dataset
 from aevb.evaluation import fixed_randomness, log_likelihood_per_example
 from aevb.models import VAE as _VAE
+from aevb.models import ModelConfig
+from aevb.objectives import make_objective
 from aevb.training import (
     BEST,
     TrainConfig,
@@ -135,8 +137,6 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             self.optimizer_ = make_optimizer(config, self.model_.parameters())
             self.history_, self.n_iter_ = [], 0
             self._n_features_out = self.latent_dim
-        from aevb.objectives import make_objective
-
         objective = make_objective(self.objective, self.num_samples)
         x = self._tensor(self._scaled(X))
         beta = torch.tensor(float(self.beta), device=x.device)
@@ -222,9 +222,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             compile=False,
         )
 
-    def _model_config(self, config: TrainConfig):
-        from aevb.models import ModelConfig
-
+    def _model_config(self, config: TrainConfig) -> ModelConfig:
         return ModelConfig(
             data_dim=self.n_features_in_,
             latent_dim=config.latent_dim,
