@@ -17,7 +17,7 @@ import torch
 
 from aevb.evaluation import evaluate
 from aevb.objectives import latent_samples
-from aevb.training import load_model, load_run_split, read_run_config
+from aevb.runs import load_run
 
 
 @torch.no_grad()
@@ -37,9 +37,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    model = load_model(args.run_dir, device=args.device)
-    x = load_run_split(read_run_config(args.run_dir), "test", args.num_examples)
-    x = x.to(next(model.parameters()).device)
+    run = load_run(args.run_dir, device=args.device)
+    model = run.model
+    x = run.prepare(run.split("test", args.num_examples))
     k, n = args.importance_samples, len(x)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "

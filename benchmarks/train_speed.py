@@ -7,7 +7,8 @@
 * ``bare``: the floor — forward, backward and optimiser step (default ``torch.optim.Adam``) of
   a hand-written VAE of the same size over pre-binarized tensors already on the device, with no
   shuffling, metrics or checks. ``bare-fused`` is the same with the fused Adam kernel.
-* ``aevb-plain``: one epoch of :class:`aevb.training.Trainer` with ``compile=False`` (eager
+* ``aevb-plain``: one epoch of the :class:`aevb.train.Trainer` that ``aevb train`` builds
+  (:func:`aevb.runs.start_run`), with ``compile=False`` (eager
   step; permutation and dynamic binarization on the device, device-side metrics, fused Adam),
   then the validation ELBO and a checkpoint, as in a real run.
 * ``aevb-fast``: the same with ``compile=True``: the step through ``torch.compile`` (and CUDA
@@ -39,7 +40,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from aevb.data import load_dataset
-from aevb.training import TrainConfig, Trainer
+from aevb.runs import TrainConfig, start_run
+from aevb.train import Trainer
 
 
 class BareVAE(nn.Module):
@@ -119,13 +121,13 @@ def main() -> None:
 
     dataset = load_dataset(args.dataset, args.data_dir)
     device = torch.device(args.device)
-    if dataset.image_shape is None:
+    if not dataset.is_image:
         parser.error("the conventional loop needs an image dataset")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"{args.dataset}: {len(dataset.train)} training rows of {dataset.data_dim}"
     )
-    images = np.rint(dataset.train * 255).astype(np.uint8).reshape(-1, *dataset.image_shape)
+    images = np.rint(dataset.train[:, 0] * 255).astype(np.uint8)  # (N, H, W) grey images
     for batch_size in args.batch_sizes:
         config = TrainConfig(
             dataset=args.dataset,
@@ -139,17 +141,18 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory() as run_dir:
             trainers = {
-                name: Trainer(
+                name: start_run(
                     dataclasses.replace(config, compile=compile_step),
                     f"{run_dir}/{name}",
                     dataset=dataset,
                     progress=False,
-                )
+                ).trainer
                 for name, compile_step in (("aevb-plain", False), ("aevb-fast", True))
             }
             for trainer in trainers.values():
-                trainer.start()
-            binary = torch.bernoulli(trainers["aevb-plain"].train_x)
+                trainer.setup(config.epochs)
+            grey = torch.from_numpy(dataset.train.reshape(len(dataset.train), -1)).to(device)
+            binary = torch.bernoulli(grey)
             reference = BareVAE(dataset.data_dim, 500, 20).to(device)
             ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
             fused = BareVAE(dataset.data_dim, 500, 20).to(device)

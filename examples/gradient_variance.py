@@ -15,7 +15,7 @@ import time
 
 from aevb.diagnostics import gradient_variance
 from aevb.objectives import SGVBA, SGVBB, ScoreFunction
-from aevb.training import load_model, load_run_split, read_run_config
+from aevb.runs import load_run
 
 
 def main() -> None:
@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    model = load_model(args.run_dir).train()
-    x = load_run_split(read_run_config(args.run_dir), "test", args.batch_size)
+    run = load_run(args.run_dir)
+    model = run.model.train()
+    x = run.prepare(run.split("test", args.batch_size))  # as aevb evaluate sees them
     estimators = {
         "SGVB-B (reparameterised, analytic KL)": SGVBB(1),
         "SGVB-A (reparameterised, MC KL)": SGVBA(1),

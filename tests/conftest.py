@@ -8,9 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from aevb.builders import mlp
 from aevb.data import load_dataset
-from aevb.models import VAE, ModelConfig
-from aevb.training import TrainConfig
+from aevb.runs import TrainConfig
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped on machines without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def shared_data_dir() -> Path | None:
@@ -58,7 +68,7 @@ def single_thread():
 def model_and_batch():
     """A small float64 VAE (12 → 16 → 3) and a batch of 20 binary rows."""
     torch.manual_seed(0)
-    model = VAE(ModelConfig(data_dim=12, latent_dim=3, hidden=(16,))).double()
+    model = mlp((12,), latent_dim=3, hidden=(16,)).double()
     x = torch.bernoulli(torch.full((20, 12), 0.4, dtype=torch.float64))
     return model, x
 

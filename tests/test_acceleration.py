@@ -8,28 +8,39 @@ import json
 import pytest
 import torch
 
-from aevb import acceleration
-from aevb.acceleration import MIN_STEPS_TO_COMPILE_ON_CPU, autocast, should_compile
+from aevb.builders import mlp
 from aevb.cli import main
-from aevb.models import VAE, ModelConfig
 from aevb.objectives import make_objective
-from aevb.training import Trainer, training_loss
+from aevb.runs import train
+from aevb.train import Callback, Trainer
+from aevb.train import step as step_module
+from aevb.train.step import MIN_STEPS_TO_COMPILE_ON_CPU, autocast, should_compile, training_loss
+
+
+class Capture(Callback):
+    """Keeps the Trainer a run builds."""
+
+    def on_fit_start(self, trainer):
+        self.trainer = trainer
 
 
 def _fit_recording_losses(config, run_dir, dataset) -> tuple[Trainer, torch.Tensor]:
-    """Train, recording the loss of every step; returns the trainer and the (steps,) losses."""
-    trainer = Trainer(config, run_dir, dataset=dataset, progress=False)
-    step, losses = trainer.training_step, []
+    """Train a run, recording the loss of every step; returns its Trainer and the (steps,)
+    losses."""
+    losses, call = [], step_module.CompiledStep.__call__
 
-    def recording(*args):
-        loss, metrics = step(*args)
+    def recording(self, *args):
+        loss, metrics = call(self, *args)
         losses.append(loss.detach().clone())
         return loss, metrics
 
-    trainer.training_step = recording
-    trainer.fit()
-    trainer.training_step = step
-    return trainer, torch.stack(losses)
+    capture = Capture()
+    step_module.CompiledStep.__call__ = recording
+    try:
+        train(config, run_dir, dataset=dataset, progress=False, callbacks=[capture])
+    finally:
+        step_module.CompiledStep.__call__ = call
+    return capture.trainer, torch.stack(losses)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +64,7 @@ def test_compiled_step_follows_the_plain_trajectory(tmp_path, digits, quick_conf
     )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_graph_step_follows_the_plain_trajectory(tmp_path, digits, quick_config):
     """The same check on a GPU, where the compiled step also runs as CUDA graphs."""
     config = dataclasses.replace(quick_config, epochs=2, device="cuda")
@@ -101,7 +112,7 @@ def test_compile_failure_falls_back_with_one_notice(
 
         return compiled
 
-    monkeypatch.setattr(acceleration, "_compile", broken_compile)
+    monkeypatch.setattr(step_module, "_compile", broken_compile)
     config = dataclasses.replace(quick_config, epochs=1)
     fallen_back, fallback_losses = _fit_recording_losses(
         dataclasses.replace(config, compile=True), tmp_path / "fallback", digits
@@ -128,12 +139,12 @@ def test_auto_compile_rule():
 
 def test_bf16_autocast_keeps_densities_and_loss_float32():
     torch.manual_seed(0)
-    model = VAE(ModelConfig(data_dim=64, latent_dim=4, hidden=(32,)))
-    x = torch.bernoulli(torch.full((50, 64), 0.3))
+    model = mlp((1, 8, 8), latent_dim=4, hidden=(32,))
+    x = torch.bernoulli(torch.full((50, 1, 8, 8), 0.3))
     beta = torch.tensor(1.0)
     with autocast(x.device, "bf16"):
-        # Inside the trunk the products are bfloat16; what leaves it is float32.
-        hidden = model.encoder.net[0](x)
+        # Inside the network the products are bfloat16; what leaves it is float32.
+        hidden = model.encoder.network.layers[0](x.flatten(1))
         posterior = model.posterior(x)
     assert hidden.dtype == torch.bfloat16
     assert posterior.base_dist.loc.dtype == torch.float32
@@ -150,9 +161,9 @@ def test_bf16_autocast_keeps_densities_and_loss_float32():
 
 def test_bf16_training_run(tmp_path, digits, quick_config):
     config = dataclasses.replace(quick_config, epochs=2, precision="bf16", compile=False)
-    trainer = Trainer(config, tmp_path / "run", dataset=digits, progress=False)
-    summary = trainer.fit()
-    history = trainer.state.history
+    capture = Capture()
+    summary = train(config, tmp_path / "run", dataset=digits, progress=False, callbacks=[capture])
+    history = capture.trainer.state.history
     assert history[1]["train_elbo"] > history[0]["train_elbo"]
     assert torch.isfinite(torch.tensor(summary["test_elbo"]))
 

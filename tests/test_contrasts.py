@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from aevb.contrasts import (
+from aevb.experiments.contrasts import (
     AE_VAE_METRICS,
     autoencoder_vs_vae,
     gaussian_kl_to_standard_normal,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import urllib.error
@@ -17,8 +18,8 @@ import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aevb import data
 from aevb.data import DATASETS, Dataset, load_dataset
+from aevb.data import files as data
 from aevb.errors import DataError
 
 IDX_FILES = (
@@ -121,7 +122,7 @@ def check_dataset(ds: Dataset) -> None:
     """Invariants every Dataset must satisfy."""
     for part in (ds.train, ds.val, ds.test):
         assert part.dtype == np.float32 and part.flags.c_contiguous
-        assert part.ndim == 2 and part.shape[1] == ds.data_dim
+        assert part.shape[1:] == ds.event_shape and math.prod(ds.event_shape) == ds.data_dim
     for part, labels in ((ds.train, ds.train_labels), (ds.val, ds.val_labels)):
         if labels is not None:
             assert labels.dtype == np.int64 and labels.shape == (len(part),)
@@ -138,13 +139,14 @@ def test_idx_round_trip_and_documented_split(tmp_path: Path, monkeypatch: pytest
     images, labels = arrays[IDX_FILES[0]], arrays[IDX_FILES[1]]
     perm = np.random.default_rng(3).permutation(10)
     val_idx, train_idx = np.sort(perm[:2]), np.sort(perm[2:])
-    np.testing.assert_array_equal(ds.val, images[val_idx].reshape(2, 12) / np.float32(255))
-    np.testing.assert_array_equal(ds.train, images[train_idx].reshape(8, 12) / np.float32(255))
+    np.testing.assert_array_equal(ds.val, images[val_idx, None] / np.float32(255))
+    np.testing.assert_array_equal(ds.train, images[train_idx, None] / np.float32(255))
     np.testing.assert_array_equal(ds.val_labels, labels[val_idx])
     np.testing.assert_array_equal(ds.train_labels, labels[train_idx])
-    np.testing.assert_array_equal(ds.test, arrays[IDX_FILES[2]].reshape(4, 12) / np.float32(255))
+    np.testing.assert_array_equal(ds.test, arrays[IDX_FILES[2]][:, None] / np.float32(255))
     np.testing.assert_array_equal(ds.test_labels, arrays[IDX_FILES[3]])
-    assert (ds.name, ds.image_shape, ds.binary, ds.data_dim) == ("mnist", (4, 3), False, 12)
+    assert (ds.name, ds.event_shape, ds.binary, ds.data_dim) == ("mnist", (1, 4, 3), False, 12)
+    assert ds.is_image and ds.suggested_likelihood == "bernoulli"
 
 
 def test_split_is_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -155,7 +157,7 @@ def test_split_is_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     np.testing.assert_array_equal(a.val, b.val)
     assert not np.array_equal(a.val, c.val)
     empty = load_dataset("mnist", tmp_path, val_fraction=0.0)
-    assert empty.val.shape == (0, 12) and empty.val_labels.shape == (0,)
+    assert empty.val.shape == (0, 1, 4, 3) and empty.val_labels.shape == (0,)
     assert len(empty.train) == 50
 
 
@@ -315,7 +317,7 @@ def test_download_amat_served_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         {base + n: (tmp_path / "source/binarized_mnist" / n).read_bytes() for n in AMAT_FILES},
     )
     ds = load_dataset("binarized-mnist", cache_dir=tmp_path / "cache")
-    np.testing.assert_array_equal(ds.test, parts[2])
+    np.testing.assert_array_equal(ds.test.reshape(len(ds.test), -1), parts[2])
 
 
 # --- binarized MNIST (.amat) --------------------------------------------------------------------
@@ -328,8 +330,8 @@ def test_amat_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gz: bo
     ds = load_dataset("binarized-mnist", tmp_path, val_fraction=0.5)
     check_dataset(ds)
     for got, want in zip((ds.train, ds.val, ds.test), parts, strict=True):
-        np.testing.assert_array_equal(got, want.astype(np.float32))
-    assert ds.binary and ds.image_shape == (28, 28) and ds.train_labels is None
+        np.testing.assert_array_equal(got, want.astype(np.float32).reshape(-1, 1, 28, 28))
+    assert ds.binary and ds.event_shape == (1, 28, 28) and ds.train_labels is None
 
 
 def _line(bits: str = "0" * 784, sep: bytes = b" ", end: bytes = b"\n") -> bytes:
@@ -366,8 +368,9 @@ def test_frey_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ds = load_dataset("frey", tmp_path, val_fraction=0.25)
     check_dataset(ds)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (20, 7, 3)
-    assert ds.image_shape == (28, 20) and ds.data_dim == 560
-    rows = {r.tobytes() for r in np.vstack([ds.train, ds.val, ds.test])}
+    assert ds.event_shape == (1, 28, 20) and ds.data_dim == 560
+    assert ds.suggested_likelihood == "gaussian-learned"  # grey faces, as in the paper
+    rows = {r.tobytes() for r in np.vstack([ds.train, ds.val, ds.test]).reshape(30, -1)}
     assert rows == {r.tobytes() for r in faces.T.astype(np.float32) / np.float32(255)}
 
 
@@ -404,10 +407,12 @@ def test_digits():
     ds = load_dataset("digits", val_fraction=0.1, split_seed=5)
     check_dataset(ds)
     test_idx = np.sort(np.random.default_rng(5).permutation(len(x))[:359])
-    np.testing.assert_array_equal(ds.test, (x[test_idx] / 16).astype(np.float32))
+    np.testing.assert_array_equal(
+        ds.test, (x[test_idx] / 16).astype(np.float32).reshape(-1, 1, 8, 8)
+    )
     np.testing.assert_array_equal(ds.test_labels, y[test_idx])
     assert (len(ds.train), len(ds.val), len(ds.test)) == (1294, 144, 359)
-    assert ds.image_shape == (8, 8) and ds.train.max() == 1.0 and not ds.binary
+    assert ds.event_shape == (1, 8, 8) and ds.train.max() == 1.0 and not ds.binary
 
 
 def test_unknown_name_lists_datasets():
@@ -423,7 +428,8 @@ def test_npy_2d_and_3d(tmp_path: Path):
     np.save(tmp_path / "table.npy", x)
     ds = load_dataset(str(tmp_path / "table.npy"), val_fraction=0.2)
     check_dataset(ds)
-    assert ds.name == "table" and ds.image_shape is None and not ds.binary
+    assert ds.name == "table" and ds.event_shape == (2,) and not ds.binary and not ds.is_image
+    assert ds.suggested_likelihood == "gaussian-learned"  # values outside [0, 1]
     assert (len(ds.train), len(ds.val), len(ds.test)) == (14, 4, 2)
     stacked = np.vstack([ds.train, ds.val, ds.test])
     np.testing.assert_array_equal(np.sort(stacked, axis=0), x.astype(np.float32))  # not rescaled
@@ -431,7 +437,7 @@ def test_npy_2d_and_3d(tmp_path: Path):
     images = (np.arange(5 * 3 * 2) % 2).reshape(5, 3, 2).astype(np.uint8)
     np.save(tmp_path / "imgs.npy", np.asfortranarray(images))
     ds = load_dataset(str(tmp_path / "imgs.npy"), val_fraction=0.0)
-    assert ds.image_shape == (3, 2) and ds.data_dim == 6 and ds.binary
+    assert ds.event_shape == (1, 3, 2) and ds.data_dim == 6 and ds.binary
     assert (len(ds.train), len(ds.val), len(ds.test)) == (4, 0, 1)
 
 
@@ -450,7 +456,7 @@ def test_npz_splits(tmp_path: Path):
 
     np.savez(tmp_path / "one.npz", anything=rng.random((10, 4, 4)))
     ds = load_dataset(str(tmp_path / "one.npz"))
-    assert ds.image_shape == (4, 4) and len(ds.test) == 1
+    assert ds.event_shape == (1, 4, 4) and len(ds.test) == 1
 
 
 @pytest.mark.parametrize("header", [True, False])
@@ -478,7 +484,7 @@ def _write_text(text: str):
 REJECTIONS = [
     ("e.npy", _save_npy(np.zeros((0, 5))), "empty"),
     ("e.npy", _save_npy(np.zeros((5, 0))), "empty"),
-    ("e.npy", _save_npy(np.zeros(5)), "2-D (N, D) or 3-D"),
+    ("e.npy", _save_npy(np.zeros(5)), "expected a 2-D (N, D) table or (N, H, W)"),
     ("e.npy", _save_npy(np.zeros((2, 2, 2, 2))), "got shape (2, 2, 2, 2)"),
     ("e.npy", _save_npy(np.array([[1, "a"]], dtype=object)), "dtype object"),
     ("e.npy", _save_npy(np.array([["1", "2"], ["3", "4"]])), "numeric, got dtype <U1"),
@@ -688,7 +694,11 @@ def test_real_mnist(mnist: Dataset):
 def test_real_fashion_mnist():
     ds = _real("fashion-mnist", "fashion-mnist")
     check_dataset(ds)
-    assert (len(ds.train) + len(ds.val), len(ds.test), ds.image_shape) == (60000, 10000, (28, 28))
+    assert (len(ds.train) + len(ds.val), len(ds.test), ds.event_shape) == (
+        60000,
+        10000,
+        (1, 28, 28),
+    )
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
 
 
@@ -696,7 +706,7 @@ def test_real_frey():
     ds = _real("frey", "frey")
     check_dataset(ds)
     assert len(ds.train) + len(ds.val) + len(ds.test) == 1965
-    assert ds.image_shape == (28, 20) and ds.data_dim == 560
+    assert ds.event_shape == (1, 28, 20) and ds.data_dim == 560
     assert 0.0 < ds.train.min() and ds.train.max() < 1.0  # raw values run from 8 to 238
 
 
@@ -706,3 +716,16 @@ def test_real_binarized_mnist():
     assert (len(ds.train), len(ds.val), len(ds.test)) == (50000, 10000, 10000)
     assert ds.binary and set(np.unique(ds.train)) == {0.0, 1.0}
     assert abs(ds.train.mean() - 0.1306) < 0.0005
+
+
+def test_colour_images_keep_their_channels(tmp_path: Path):
+    """(N, C, H, W) and channels-last (N, H, W, C) arrays both load as (N, C, H, W)."""
+    rng = np.random.default_rng(0)
+    first = rng.random((12, 3, 8, 6)).astype(np.float32)
+    np.save(tmp_path / "first.npy", first)
+    np.save(tmp_path / "last.npy", first.transpose(0, 2, 3, 1))
+    a = load_dataset(str(tmp_path / "first.npy"), val_fraction=0.0)
+    b = load_dataset(str(tmp_path / "last.npy"), val_fraction=0.0)
+    assert a.event_shape == b.event_shape == (3, 8, 6) and a.is_image
+    np.testing.assert_array_equal(a.train, b.train)
+    np.testing.assert_array_equal(a.test, b.test)

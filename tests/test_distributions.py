@@ -1,4 +1,4 @@
-"""Likelihood densities against scipy in float64; KL closed form against two references."""
+"""Likelihood densities against scipy in float64; the prior; reading a likelihood's support."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent, Normal
 
 from aevb.distributions import (
     bernoulli,
     diagonal_gaussian,
     gaussian,
-    kl_per_dimension,
     standard_normal,
+    support_is_binary,
 )
 
 
@@ -60,37 +60,25 @@ def test_diagonal_gaussian_uses_log_variance(generator):
     assert q.batch_shape == (3,) and q.event_shape == (2,)
 
 
-def test_kl_closed_form_matches_formula_and_torch(generator):
-    loc = torch.randn(8, 5, generator=generator, dtype=torch.float64)
-    log_variance = torch.randn(8, 5, generator=generator, dtype=torch.float64)
-    q, p = diagonal_gaussian(loc, log_variance), standard_normal(5, dtype=torch.float64)
-    per_dim = kl_per_dimension(q, p)
-    formula = 0.5 * (loc**2 + log_variance.exp() - 1 - log_variance)  # paper, Appendix B
-    torch.testing.assert_close(per_dim, formula, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(per_dim.sum(-1), kl_divergence(q, p), rtol=1e-12, atol=1e-12)
-    # A prior other than N(0, I): the general closed form against torch's registered KL.
-    other = diagonal_gaussian(torch.randn(5, dtype=torch.float64, generator=generator), loc[0])
-    torch.testing.assert_close(
-        kl_per_dimension(q, other).sum(-1), kl_divergence(q, other), rtol=1e-12, atol=1e-12
-    )
-
-
-def test_kl_closed_form_matches_monte_carlo(generator):
-    """E_q[log q(z) − log p(z)] by 200k draws; tolerance 4 standard errors of that mean."""
-    loc = torch.tensor([0.7, -1.2, 0.1], dtype=torch.float64)
-    log_variance = torch.tensor([-0.5, 0.3, -2.0], dtype=torch.float64)
-    q, p = diagonal_gaussian(loc, log_variance), standard_normal(3, dtype=torch.float64)
-    eps = torch.randn(200_000, 3, generator=generator, dtype=torch.float64)
-    z = loc + log_variance.mul(0.5).exp() * eps
-    draws = q.log_prob(z) - p.log_prob(z)
-    standard_error = draws.std() / math.sqrt(len(draws))
-    exact = kl_per_dimension(q, p).sum()
-    assert abs(draws.mean() - exact) < 4 * standard_error
-
-
 def test_standard_normal_is_the_prior():
     prior = standard_normal(4)
     assert isinstance(prior, Independent) and isinstance(prior.base_dist, Normal)
     torch.testing.assert_close(
         prior.log_prob(torch.zeros(4)), torch.tensor(-2 * math.log(2 * math.pi))
     )
+
+
+def test_support_tells_binary_likelihoods_apart():
+    """A Bernoulli likelihood's support is {0, 1}; a Gaussian's is the real line."""
+    like = torch.zeros(3, 1, 4, 4)
+    assert support_is_binary(bernoulli(torch.zeros(3, 1, 4, 4), 3), like)
+    assert not support_is_binary(gaussian(torch.zeros(3, 1, 4, 4), 0.5, 3), like)
+    assert not support_is_binary(diagonal_gaussian(torch.zeros(3, 2), torch.zeros(3, 2)), like)
+
+
+def test_image_shaped_densities_sum_over_the_event():
+    """With event (C, H, W), log_prob sums over all three dimensions: (batch,) nats."""
+    logits = torch.randn(2, 3, 1, 4, 5, dtype=torch.float64)
+    x = torch.bernoulli(torch.full((3, 1, 4, 5), 0.5, dtype=torch.float64))
+    flat = bernoulli(logits.flatten(2)).log_prob(x.flatten(1))
+    torch.testing.assert_close(bernoulli(logits, 3).log_prob(x), flat, rtol=1e-12, atol=0)

@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from torch.distributions import MultivariateNormal, kl_divergence
+from test_objectives import ShiftedPrior
+from torch.distributions import MultivariateNormal
 
+from aevb.builders import mlp
 from aevb.diagnostics import gradient_variance, warn_if_collapsed
-from aevb.distributions import full_covariance_gaussian, kl_to_standard_normal
-from aevb.evaluation import count_active_units, evaluate
-from aevb.models import VAE, ModelConfig
+from aevb.errors import DataError
+from aevb.evaluation import count_active_units, evaluate, log_likelihood_per_example
+from aevb.models import VAE
 from aevb.objectives import IWAE, SGVBA, SGVBB, ScoreFunction, latent_samples
-
-
-def test_full_covariance_kl_matches_torch():
-    torch.manual_seed(0)
-    loc = torch.randn(5, 3, dtype=torch.float64)
-    raw = torch.randn(5, 3, 3, dtype=torch.float64)
-    scale_tril = raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
-    q = full_covariance_gaussian(loc, scale_tril)
-    prior = MultivariateNormal(
-        torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
-    )
-    torch.testing.assert_close(kl_to_standard_normal(q), kl_divergence(q, prior))
 
 
 def test_full_covariance_encoder_is_a_valid_gaussian(model_and_batch):
     _, x = model_and_batch
-    model = VAE(ModelConfig(12, 4, (8,), posterior="full")).double()
+    model = mlp((12,), 4, (8,), posterior="full").double()
     q = model.posterior(x)
     assert isinstance(q, MultivariateNormal) and q.event_shape == (4,)
     assert (q.scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all()
@@ -152,3 +143,42 @@ def test_score_function_decoder_gradient_matches_reparameterised(model_and_batch
     b = torch.autograd.grad(ScoreFunction(3)(model, x).loss, params)
     for g, h in zip(a, b, strict=True):
         torch.testing.assert_close(g, h)
+
+
+def test_evaluate_uses_the_models_prior_for_the_kl(model_and_batch):
+    """The KL that ``evaluate`` reports to a N(1, 4I) prior is the closed form, exactly (it was
+    hard-coded to N(0, I) once), and its ELBO is reconstruction − that KL."""
+    base, x = model_and_batch
+    model = VAE(base.encoder, base.decoder, ShiftedPrior(3))
+    with torch.no_grad():
+        q = model.posterior(x)
+    mu, sigma = q.mean, q.stddev
+    per_dim = torch.log(2 / sigma) + (sigma**2 + (mu - 1) ** 2) / 8 - 0.5
+    result = evaluate(model, x, importance_samples=100, float64=True)
+    assert result.kl_estimator == "analytic"
+    assert result.kl == pytest.approx(float(per_dim.sum(-1).mean()), rel=1e-10)
+    np.testing.assert_allclose(result.kl_per_dim, per_dim.mean(0).numpy(), rtol=1e-10)
+    assert result.elbo == pytest.approx(result.reconstruction - result.kl)
+
+
+def test_evaluate_with_a_vamp_prior_estimates_the_kl_from_the_same_draws():
+    """No closed form: the KL is the Monte Carlo mean of log q − log p over the evaluation's
+    draws, so estimators A and B coincide, and the bounds keep their order."""
+    torch.manual_seed(0)
+    model = mlp((12,), 3, (16,), prior="vamp", prior_components=5).double()
+    x = torch.bernoulli(torch.full((20, 12), 0.4, dtype=torch.float64))
+    result = evaluate(model, x, importance_samples=500, iwae_samples=10, float64=True)
+    assert result.kl_estimator == "Monte Carlo" and result.kl_per_dim is None
+    assert result.elbo == pytest.approx(result.elbo_a, rel=1e-9)
+    assert result.elbo_a < result.iwae_bound < result.log_likelihood
+
+
+def test_grey_values_for_a_bernoulli_likelihood_are_refused(model_and_batch):
+    """A Bernoulli likelihood gives no density to grey values: evaluate and the per-row scores
+    refuse them with an explanation instead of scoring them."""
+    model, x = model_and_batch
+    grey = x * 0.5 + 0.25
+    with pytest.raises(DataError, match=r"\{0, 1\} \(Bernoulli\).*Binarize x"):
+        evaluate(model, grey, importance_samples=10)
+    with pytest.raises(DataError, match="Bernoulli"):
+        log_likelihood_per_example(model, grey, 10)

@@ -27,10 +27,11 @@ from sklearn.decomposition import PCA
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+from aevb.builders import mlp
 from aevb.data import load_dataset
 from aevb.distributions import diagonal_gaussian
 from aevb.evaluation import evaluate
-from aevb.models import VAE, ModelConfig
+from aevb.models import VAE
 from aevb.objectives import IWAE, SGVBA, SGVBB, latent_samples
 
 DTYPE = torch.float64
@@ -133,16 +134,15 @@ def moments(q) -> tuple[Tensor, Tensor]:
 def linear_gaussian_vae(W: Tensor, b: Tensor, sigma: float, posterior: str = "diagonal") -> VAE:
     """A float64 aevb VAE whose decoder is exactly N(Wz + b, σ²I), decoder frozen."""
     data_dim, latent_dim = W.shape
-    config = ModelConfig(
-        data_dim,
+    model = mlp(
+        (data_dim,),
         latent_dim,
         hidden=(),
         likelihood="gaussian",
         likelihood_std=sigma,
         posterior=posterior,
-    )
-    model = VAE(config).double()
-    (layer,) = model.decoder.net
+    ).double()
+    (layer,) = model.decoder.network.layers
     assert isinstance(layer, nn.Linear)
     with torch.no_grad():
         layer.weight.copy_(W)
@@ -210,15 +210,17 @@ class Case:
 
 @functools.cache
 def load_digits():
-    """scikit-learn's 8×8 digits through aevb's loader (float32 in [0, 1]), loaded once."""
-    return load_dataset("digits")
+    """scikit-learn's 8×8 digits through aevb's loader (float32 in [0, 1]), loaded once, as
+    flat rows (N, 64): the linear-Gaussian model is over vectors."""
+    digits = load_dataset("digits")
+    return tuple(split.reshape(len(split), -1) for split in (digits.train, digits.test))
 
 
 def digits_case() -> Case:
     """PPCA (latent_dim 5) fitted in closed form to the digits training split; 100 test rows."""
-    digits = load_digits()
-    W, b, sigma = fit_ppca(torch.from_numpy(digits.train).to(DTYPE), latent_dim=5)
-    return Case("digits-ppca", torch.from_numpy(digits.test[:100]).to(DTYPE), W, b, sigma)
+    train, test = load_digits()
+    W, b, sigma = fit_ppca(torch.from_numpy(train).to(DTYPE), latent_dim=5)
+    return Case("digits-ppca", torch.from_numpy(test[:100]).to(DTYPE), W, b, sigma)
 
 
 def random_case() -> Case:
@@ -253,9 +255,9 @@ def test_ppca_fit_matches_scikit_learn_on_digits():
     normalises the covariance by N − 1, hence ``ddof=1`` here). Both are deterministic linear
     algebra in float64, so the only difference is rounding.
     """
-    digits = load_digits()
-    train = digits.train.astype(np.float64)
-    test = torch.from_numpy(digits.test[:100]).to(DTYPE)
+    train, test = load_digits()
+    train = train.astype(np.float64)
+    test = torch.from_numpy(test[:100]).to(DTYPE)
     W, b, sigma = fit_ppca(torch.from_numpy(train), latent_dim=5, ddof=1)
     pca = PCA(n_components=5, svd_solver="full").fit(train)
     assert sigma**2 == pytest.approx(pca.noise_variance_, rel=1e-10)

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from aevb import training
 from aevb.cli import main
-from aevb.errors import AevbError
-from aevb.training import LAST, NumericalFault, Trainer, load_model, resume
+from aevb.errors import AevbError, NumericalFault
+from aevb.runs import LAST, load_model, resume, train
+from aevb.runs import run as run_module
+from aevb.train import Callback, Trainer
 
 QUICK = ["--latent-dim", "4", "--hidden", "32", "--batch-size", "64", "--no-progress"]
 
@@ -45,24 +46,30 @@ def _assert_same(a, b) -> None:
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
 
 
-def _inject_after_backward(trainer: Trainer, at_calls: set[int], corrupt) -> list[tuple]:
-    """Wrap the step so that, at the given (0-based) calls, ``corrupt(trainer)`` runs after the
-    backward pass; returns the list of (call, state before, state at the next call)."""
-    step, calls, snapshots = trainer.training_step, [0], []
+class Inject(Callback):
+    """Wraps the run's step so that, at the given (0-based) calls, ``corrupt(trainer)`` runs
+    after the backward pass; ``snapshots`` collects (call, state before, state at the next
+    call). ``trainer`` is the run's Trainer."""
 
-    def injecting(*args):
-        if calls[0] - 1 in at_calls:
-            snapshots[-1] = (*snapshots[-1], _snapshot(trainer))
-        if calls[0] in at_calls:
-            snapshots.append((calls[0], _snapshot(trainer)))
-        outputs = step(*args)
-        if calls[0] in at_calls:
-            corrupt(trainer)
-        calls[0] += 1
-        return outputs
+    def __init__(self, at_calls: set[int], corrupt):
+        self.at_calls, self.corrupt, self.snapshots = at_calls, corrupt, []
 
-    trainer.training_step = injecting
-    return snapshots
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        step, calls = trainer.training_step, [0]
+
+        def injecting(*args):
+            if calls[0] - 1 in self.at_calls:
+                self.snapshots[-1] = (*self.snapshots[-1], _snapshot(trainer))
+            if calls[0] in self.at_calls:
+                self.snapshots.append((calls[0], _snapshot(trainer)))
+            outputs = step(*args)
+            if calls[0] in self.at_calls:
+                self.corrupt(trainer)
+            calls[0] += 1
+            return outputs
+
+        trainer.training_step = injecting
 
 
 def _set_first_gradient(value: float):
@@ -82,14 +89,15 @@ def test_non_finite_gradient_skips_the_update(
     if not fused:
         # Without a fused kernel the skip is decided on the host, one sync per step.
         monkeypatch.setattr(
-            training,
+            run_module,
             "make_optimizer",
-            lambda c, p: torch.optim.Adam(list(p), lr=c.lr, foreach=True),
+            lambda name, p, lr, weight_decay: torch.optim.Adam(list(p), lr=lr, foreach=True),
         )
-    trainer = Trainer(dataclasses.replace(quick_config, epochs=1), tmp_path, digits, False)
+    inject = Inject({3, 11}, _set_first_gradient(bad))
+    config = dataclasses.replace(quick_config, epochs=1)
+    train(config, tmp_path, dataset=digits, progress=False, callbacks=[inject])
+    trainer, snapshots = inject.trainer, inject.snapshots
     assert trainer._fused_optimizer is fused
-    snapshots = _inject_after_backward(trainer, {3, 11}, _set_first_gradient(bad))
-    trainer.fit()
     for _, before, after in snapshots:
         _assert_same(before, after)  # the faulty step changed nothing
     assert trainer.state.nonfinite_steps == [4, 12]
@@ -102,17 +110,23 @@ def test_non_finite_gradient_skips_the_update(
 def test_nan_in_a_batch_is_skipped(tmp_path, digits, quick_config, capsys):
     """NaN pixels in one batch (the loaders refuse them, so they are planted in the epoch's
     tensor): that step is skipped, its rows leave the epoch's mean, the run learns on."""
-    trainer = Trainer(dataclasses.replace(quick_config, epochs=3), tmp_path, digits, False)
-    epoch_data = trainer._epoch_data
 
-    def with_nan():
-        x = epoch_data()
-        if trainer.state.epoch == 0:
-            x[64 * 5 + 7, 10] = float("nan")  # row 7 of the 6th batch: step 6
-        return x
+    class PlantNaN(Callback):
+        def on_fit_start(self, trainer):
+            self.trainer, epoch = trainer, trainer.data.epoch
 
-    trainer._epoch_data = with_nan
-    trainer.fit()
+            def with_nan(skip=0):
+                batches = list(epoch(skip))
+                if trainer.state.epoch == 0:
+                    batches[5].x[7, 0, 1, 2] = float("nan")  # row 7 of the 6th batch: step 6
+                return iter(batches)
+
+            trainer.data.epoch = with_nan
+
+    plant = PlantNaN()
+    config = dataclasses.replace(quick_config, epochs=3)
+    train(config, tmp_path, dataset=digits, progress=False, callbacks=[plant])
+    trainer = plant.trainer
     assert trainer.state.nonfinite_steps == [6]
     history = trainer.state.history
     assert history[0]["nonfinite_steps"] == [6] and "nonfinite_steps" not in history[1]
@@ -125,14 +139,15 @@ def test_repeated_faults_stop_with_a_diagnosis_and_keep_the_good_state(
     tmp_path, digits, quick_config
 ):
     config = dataclasses.replace(quick_config, epochs=2, max_nonfinite_steps=3)
-    trainer = Trainer(config, tmp_path, digits, progress=False)
-    _inject_after_backward(trainer, set(range(5, 100)), _set_first_gradient(float("nan")))
+    inject = Inject(set(range(5, 100)), _set_first_gradient(float("nan")))
     with pytest.raises(NumericalFault) as stopped:
-        trainer.fit()
+        train(config, tmp_path, dataset=digits, progress=False, callbacks=[inject])
+    trainer = inject.trainer
     message = str(stopped.value)
     assert "3 steps had a non-finite loss or gradient (steps 6, 7, 8" in message
     assert "Diagnosis: the encoder's log-variances span" in message
     assert "Lower the learning rate (now 0.001)" in message
+    assert f"{tmp_path / LAST} holds that last good state" in message
     # The checkpoint holds the state after step 5, the last good one.
     saved = load_model(tmp_path, "last").state_dict()
     _assert_same(saved, {k: v.cpu() for k, v in trainer.model.state_dict().items()})
@@ -196,11 +211,19 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
 def test_resume_after_a_kill_before_the_first_checkpoint(tmp_path, digits, quick_config):
     """config.json written, no checkpoint yet: resuming starts the run over, identically."""
     config = dataclasses.replace(quick_config, epochs=1)
-    trainer = Trainer(config, tmp_path / "killed", digits, progress=False)
-    trainer.start()  # writes config.json, as a run killed right after would have
+
+    class KillAtStart(Callback):
+        def on_fit_start(self, trainer):
+            raise KeyboardInterrupt  # config.json is written, no checkpoint yet
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            config, tmp_path / "killed", dataset=digits, progress=False, callbacks=[KillAtStart()]
+        )
+    assert (tmp_path / "killed/config.json").exists()
     assert not (tmp_path / "killed" / LAST).exists()
     resume(tmp_path / "killed", dataset=digits, progress=False)
-    Trainer(config, tmp_path / "whole", digits, progress=False).fit()
+    train(config, tmp_path / "whole", dataset=digits, progress=False)
     _assert_same(
         load_model(tmp_path / "killed", "last").state_dict(),
         load_model(tmp_path / "whole", "last").state_dict(),
@@ -215,7 +238,7 @@ def test_a_pickle_planted_as_checkpoint_is_refused_without_running_it(
     """torch.save writes pickles; one put in place of a checkpoint is not a safetensors file,
     so resume, evaluate and sample refuse it — and nothing in it runs."""
     config = dataclasses.replace(quick_config, epochs=1)
-    Trainer(config, tmp_path / "run", digits, progress=False).fit()
+    train(config, tmp_path / "run", dataset=digits, progress=False)
     payload, marker = exploit
     for name in (LAST, "checkpoints/best.safetensors"):
         torch.save({"model.weight": payload}, tmp_path / "run" / name)
@@ -229,6 +252,7 @@ def test_a_pickle_planted_as_checkpoint_is_refused_without_running_it(
 
 def test_no_code_path_unpickles():
     """The package never calls pickle, torch.load or np.load with pickles allowed."""
-    source = "\n".join(p.read_text() for p in Path(training.__file__).parent.glob("*.py"))
+    package = Path(run_module.__file__).parents[1]
+    source = "\n".join(p.read_text() for p in package.glob("**/*.py"))
     for forbidden in ("import pickle", "torch.load(", "allow_pickle=True"):
         assert forbidden not in source, forbidden

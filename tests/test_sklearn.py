@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse
+import torch
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -153,3 +154,31 @@ def test_binary_data_with_a_bernoulli_likelihood():
     p = np.linspace(0.1, 0.9, 16)
     independent = (X * np.log(p) + (1 - X) * np.log(1 - p)).sum(1).mean()
     assert independent - 1.0 < model.score(X) < 0
+
+
+def test_grey_values_for_a_bernoulli_likelihood_are_binarized_as_aevb_does(monkeypatch):
+    """``fit`` and ``partial_fit`` train on fresh Bernoulli draws of grey rows; ``score_samples``
+    scores the fixed-seed draw ``aevb score`` uses — never the grey values themselves."""
+    from aevb.data import Binarize
+    from aevb.evaluation import log_likelihood_per_example
+    from aevb.objectives import SGVBB
+
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 10))
+    model = quick(likelihood="bernoulli", epochs=3).fit(X)
+    assert model.transforms_.describe() == "binarize dynamic"
+    binary = Binarize("dynamic").prepare(torch.as_tensor(X, dtype=torch.float32))
+    expected = log_likelihood_per_example(model.model_, binary, model.importance_samples)
+    np.testing.assert_allclose(model.score_samples(X), expected.numpy(), rtol=1e-7)
+
+    seen = []
+    original = SGVBB.__call__
+
+    def recording(self, model_, batch, beta=1.0):
+        seen.append(bool(((batch == 0) | (batch == 1)).all()))
+        return original(self, model_, batch, beta)
+
+    monkeypatch.setattr(SGVBB, "__call__", recording)
+    streamed = quick(likelihood="bernoulli").partial_fit(X)
+    assert streamed.transforms_ == model.transforms_
+    assert seen and all(seen)  # every batch partial_fit trained on was binary

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from aevb.cli import EXIT_USER_ERROR, main
-from aevb.data import load_dataset, load_table
+from aevb.data import Binarize, load_dataset, load_table
 from aevb.errors import DataError
-from aevb.evaluation import evaluate, log_likelihood_per_example
-from aevb.training import binarize_once, load_model
+from aevb.evaluation import log_likelihood_per_example
+from aevb.runs import load_run
 
 ROWS, COLUMNS = 300, [f"x{i}" for i in range(1, 6)]
 QUICK = ["--latent-dim", "2", "--hidden", "16", "--epochs", "3", "--no-progress"]
@@ -66,8 +66,7 @@ def test_embed_writes_posterior_means_and_stds(trained, tmp_path, capsys):
     assert list(codes.columns) == ["z1", "z2"] and codes.shape == (ROWS, 2)
     x, names = load_table(table)
     assert names == COLUMNS and x.shape == (ROWS, 5)
-    with torch.no_grad():
-        q = load_model(run_dir).posterior(torch.from_numpy(x))
+    q = load_run(run_dir).encode(x)  # the run's standardisation, then q(z|x)
     np.testing.assert_allclose(codes.to_numpy(), q.mean.numpy(), rtol=1e-6, atol=1e-6)
 
     out = tmp_path / "deeper" / "zs.csv"
@@ -80,8 +79,9 @@ def test_embed_writes_posterior_means_and_stds(trained, tmp_path, capsys):
 
 
 def test_score_is_the_per_row_log_likelihood(trained, tmp_path):
-    """aevb score writes log_likelihood_per_example's values; their mean estimates the same
-    log p(x) as aevb evaluate (``evaluate(...).log_likelihood``)."""
+    """aevb score writes the run's per-row log-likelihoods (standardised, then the Jacobian
+    added: a density of the table as given); their mean estimates the same log p(x) as
+    ``aevb evaluate`` (``Run.evaluate(...).log_likelihood``)."""
     table, run_dir = trained
     out = tmp_path / "scores.csv"
     args = ["score", run_dir, "--data", table, "--out", out, "--importance-samples", K]
@@ -89,13 +89,14 @@ def test_score_is_the_per_row_log_likelihood(trained, tmp_path):
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["log_likelihood"] and len(scores) == ROWS
     assert np.isfinite(scores["log_likelihood"]).all()
-    model, x = load_model(run_dir), torch.from_numpy(load_table(table)[0])
-    direct = log_likelihood_per_example(model, x, K, seed=3).numpy()
+    run, x = load_run(run_dir), torch.from_numpy(load_table(table)[0])
+    assert run.transforms.describe() == "standardise"
+    direct = run.log_likelihood_per_example(x, K, seed=3).numpy()
     np.testing.assert_allclose(scores["log_likelihood"], direct, rtol=1e-7, atol=1e-6)
     # Both are Monte Carlo estimates of the mean log p(x). evaluate draws independent noise per
     # row, score shares the k draws across rows (so its errors are correlated): bound the gap by
     # 4 standard errors of each, the shared one by the mean per-row error <= se * sqrt(N).
-    result = evaluate(model, x, K, seed=3)
+    result = run.evaluate(x, importance_samples=K, seed=3)
     tolerance = 4 * result.log_likelihood_se * (1 + math.sqrt(ROWS))
     assert abs(scores["log_likelihood"].mean() - result.log_likelihood) < max(tolerance, 1e-4)
 
@@ -109,11 +110,11 @@ def test_score_binarizes_like_the_run_for_a_bernoulli_model(tmp_path, capsys):
     out = tmp_path / "s.csv"
     assert main(["score", str(run_dir), "--data", str(table), "--out", str(out)]) == 0
     scores = pd.read_csv(out)["log_likelihood"].to_numpy()
-    model, x = load_model(run_dir), load_table(table)[0]
-    binary = log_likelihood_per_example(model, binarize_once(x, "dynamic"), K, 0).numpy()
+    model, x = load_run(run_dir).model, torch.from_numpy(load_table(table)[0])
+    binary = log_likelihood_per_example(model, Binarize("dynamic").prepare(x), K, 0).numpy()
     np.testing.assert_allclose(scores, binary, rtol=1e-7, atol=1e-6)
-    grey_scores = log_likelihood_per_example(model, torch.from_numpy(x), K, 0).numpy()
-    assert np.abs(scores - grey_scores).max() > 0.1  # the grey values were not scored
+    with pytest.raises(DataError, match="Bernoulli"):  # the grey values are never scored
+        log_likelihood_per_example(model, x, K, 0)
 
     write(pd.DataFrame(grey * 3, columns=[f"p{i}" for i in range(6)]), tmp_path / "big.csv")
     err = error_of(["score", run_dir, "--data", tmp_path / "big.csv", "--out", out], capsys)

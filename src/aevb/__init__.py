@@ -1,29 +1,40 @@
 """aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2014) to research grade.
 
-The layers, from the maths up: :mod:`aevb.distributions`, :mod:`aevb.networks`,
-:mod:`aevb.models` (the VAE), :mod:`aevb.objectives` (SGVB estimators, IWAE, wake-sleep…),
-:mod:`aevb.hmc` (Hamiltonian Monte Carlo on the posterior), :mod:`aevb.evaluation`,
-:mod:`aevb.data`, :mod:`aevb.training` (the AEVB loop and run folders), :mod:`aevb.mcem`
-(Monte Carlo EM), :mod:`aevb.presets` (the paper's set-up), :mod:`aevb.reproduce` (the paper's
-figures), :mod:`aevb.contrasts` (autoencoder vs VAE, PCA vs linear VAE), :mod:`aevb.plots`,
-:mod:`aevb.sklearn` (a scikit-learn estimator) and :mod:`aevb.cli`.
+The layers, from the maths up:
+
+* the core — :mod:`aevb.distributions`, :mod:`aevb.kl` (the one KL path), :mod:`aevb.heads`
+  (network outputs → distributions), :mod:`aevb.networks`, :mod:`aevb.priors`,
+  :mod:`aevb.models` (``VAE(encoder, decoder, prior)``), :mod:`aevb.builders` (model
+  factories: the paper's MLP, a conv net, your own), :mod:`aevb.objectives` (SGVB, IWAE, …),
+  :mod:`aevb.mcem` and :mod:`aevb.hmc`, :mod:`aevb.evaluation`, :mod:`aevb.diagnostics`;
+* :mod:`aevb.data` — datasets that keep their shape, recorded transforms, loaders;
+* :mod:`aevb.train` — the one training loop (:class:`~aevb.train.Trainer`) and its callbacks;
+* :mod:`aevb.runs` — run folders: settings, starting, resuming and loading runs;
+* :mod:`aevb.experiments` — the paper's figures and the seed notes' contrasts;
+* the faces: :mod:`aevb.cli` (the ``aevb`` command) and :mod:`aevb.sklearn` (an estimator).
 """
 
-from aevb.errors import AevbError, ConfigError, DataError
-from aevb.evaluation import evaluate
-from aevb.models import VAE, ModelConfig
+from aevb import heads, priors
+from aevb.builders import ModelSpec, conv, mlp, model_factory
+from aevb.data import load_dataset
+from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
+from aevb.evaluation import evaluate, log_likelihood_per_example
+from aevb.mcem import MonteCarloEM
+from aevb.models import VAE, Decoder, Encoder
 from aevb.objectives import (
     IWAE,
     SGVBA,
     SGVBB,
     Autoencoder,
+    Objective,
     ScoreFunction,
     WakeSleep,
     make_objective,
 )
-from aevb.training import TrainConfig, load_model, resume, train
+from aevb.runs import Run, TrainConfig, load_model, load_run, resume, train
+from aevb.train import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "IWAE",
@@ -34,13 +45,29 @@ __all__ = [
     "Autoencoder",
     "ConfigError",
     "DataError",
-    "ModelConfig",
+    "Decoder",
+    "Encoder",
+    "ModelSpec",
+    "MonteCarloEM",
+    "NumericalFault",
+    "Objective",
+    "Run",
     "ScoreFunction",
     "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
     "WakeSleep",
+    "conv",
     "evaluate",
+    "heads",
+    "load_dataset",
     "load_model",
+    "load_run",
+    "log_likelihood_per_example",
     "make_objective",
+    "mlp",
+    "model_factory",
+    "priors",
     "resume",
     "train",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aevb.errors import AevbError
+from aevb.errors import AevbError, TrainingInterrupted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,13 +24,11 @@ if TYPE_CHECKING:
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# Settings that may change when a run is resumed; any other flag is refused with --resume.
-RESUMABLE = ("epochs", "device", "compile")
 # Rows encoded at a time by ``aevb embed``.
 EMBED_BATCH = 10_000
-
-
 THREADS_HELP = "CPU threads for tensor operations (default: one per core)"
+# Flags of ``aevb train`` that are not settings of the run.
+RUN_FLAGS = ("command", "out", "resume", "no_progress", "threads")
 
 
 def _positive_int(text: str) -> int:
@@ -40,103 +38,61 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from aevb.acceleration import PRECISIONS
-    from aevb.data import DATASETS
-    from aevb.models import LIKELIHOODS, POSTERIORS
-    from aevb.networks import ACTIVATIONS, INITIALISATIONS
-    from aevb.objectives import OBJECTIVES
-    from aevb.training import BINARIZATIONS, OPTIMIZERS
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per declared setting of :class:`aevb.runs.TrainConfig`, in its group, with
+    its help and default from the declaration. Defaults are ``None`` here, so that ``--resume``
+    can tell which flags the user gave."""
+    import types
+    import typing
 
+    from aevb.runs.config import GROUPS, TrainConfig, setting_fields
+
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
+    for field in setting_fields():
+        meta, hint = field.metadata, hints[field.name]
+        default = meta["default_text"] or _shown(field.default)
+        options: dict = {"help": f"{meta['help']} (default: {default})", "default": None}
+        kind = hint
+        if isinstance(hint, types.UnionType):  # X | None: a setting decided later if unset
+            (kind,) = (a for a in typing.get_args(hint) if a is not type(None))
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.update(type=_positive_int, nargs="+", metavar="N")
+        elif meta["choices"]:
+            options["choices"] = meta["choices"]
+        elif kind is int:
+            options["type"] = _positive_int if (meta["minimum"] or 0) >= 1 else int
+        elif kind is float:
+            options["type"] = float
+        groups[meta["group"]].add_argument("--" + field.name.replace("_", "-"), **options)
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aevb", description="Auto-Encoding Variational Bayes: train and use VAEs."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # Defaults are None here and come from TrainConfig, so that --resume can tell which flags
-    # the user actually gave.
     train = commands.add_parser("train", help="fit a VAE by AEVB and write a run folder")
-    add = train.add_argument
-    add(
-        "--dataset",
-        help=f"one of {', '.join(DATASETS)}, or a .npy/.npz/.csv/.parquet file "
-        "(default: digits, bundled with scikit-learn)",
-    )
-    add(
-        "--data-dir",
-        help="folder holding the dataset files (or set AEVB_DATA_DIR); read without network access",
-    )
-    add(
-        "--binarize",
-        choices=BINARIZATIONS,
-        help="how to make grey images binary "
-        "(default: dynamic for the Bernoulli likelihood, none otherwise)",
-    )
-    add("--val-fraction", type=float, help="part of the training set held out (default 0.1)")
-    add("--likelihood", choices=LIKELIHOODS, help="p(x|z) (default: chosen from the data)")
-    add("--likelihood-std", type=float, help="σ of the fixed Gaussian likelihood (default 0.1)")
-    add(
-        "--squash-mean",
-        action=argparse.BooleanOptionalAction,
-        help="sigmoid on the learned Gaussian's mean (default: on for data in [0, 1])",
-    )
-    add("--latent-dim", type=_positive_int, help="size of z (default 20)")
-    add("--hidden", type=_positive_int, nargs="+", help="hidden layer sizes (default 500)")
-    add("--activation", choices=sorted(ACTIVATIONS), help="default tanh, as in the paper")
-    add("--init", choices=INITIALISATIONS, help="'paper' draws weights from N(0, 0.01²)")
-    add("--posterior", choices=POSTERIORS, help="q(z|x) covariance (default diagonal)")
-    add(
-        "--objective",
-        choices=sorted(OBJECTIVES),
-        help="sgvb-a, sgvb-b (default), iwae (with --samples k), score-function, wake-sleep "
-        "(the paper's baseline) or autoencoder (plain, no KL: not a VAE)",
-    )
-    add("--samples", type=_positive_int, help="latent samples L (or k) per datapoint (default 1)")
-    add("--beta", type=float, help="weight of the KL term (default 1: the ELBO)")
-    add("--beta-start", type=float, help="KL weight at step 0 of the warm-up (default 0)")
-    add("--warmup-steps", type=int, help="steps of linear KL warm-up (default 0: none)")
-    add("--free-bits", type=float, help="minimum KL per latent dimension, nats (default 0)")
-    add("--optimizer", choices=OPTIMIZERS, help="default adam; the paper used adagrad")
-    add("--lr", type=float, help="learning rate (default 1e-3)")
-    add("--weight-decay", type=float, help="L2 weight decay (default 0)")
-    add("--clip-grad-norm", type=float, help="clip the gradient norm at this value")
-    add("--batch-size", type=_positive_int, help="minibatch size M (default 100)")
-    add("--epochs", type=int, help="passes over the training set (default 50)")
-    add(
-        "--patience",
-        type=_positive_int,
-        help="stop after this many epochs without a better validation ELBO (default: never)",
-    )
-    add("--checkpoint-every", type=int, help="also checkpoint every N steps (default: per epoch)")
-    add(
-        "--max-nonfinite-steps",
-        type=_positive_int,
-        help="stop with a diagnosis after this many steps with a NaN or infinite loss or "
-        "gradient; each such step is skipped (default 10)",
-    )
-    add("--seed", type=int, help="random seed; a CPU run is repeatable bit for bit (default 0)")
-    add("--device", help="auto (default), cpu, cuda or cuda:N")
-    add(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        help="compile the training step (CUDA graphs on a GPU); default: on for CUDA, and on "
-        "the CPU for runs of 20,000 steps or more. Falls back to eager with a notice",
-    )
-    add(
-        "--precision",
-        choices=PRECISIONS,
-        help="bf16: networks under bfloat16 autocast (for GPUs); densities and loss stay "
-        "float32 (default float32)",
-    )
-    add("--threads", type=_positive_int, help=THREADS_HELP)
-    add("--out", help="run folder to create (default runs/<dataset>-<time>)")
-    add(
+    add_setting_flags(train)
+    run = train.add_argument_group("run folder")
+    run.add_argument("--out", help="run folder to create (default runs/<dataset>-<time>)")
+    run.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last "
-        "checkpoint (only --epochs, --device and --compile may change)",
+        help="continue the run in RUN_DIR from its last checkpoint (only --epochs, --device "
+        "and --compile may change)",
     )
-    add("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = commands.add_parser("sample", help="draw images from a trained model")
     sample.add_argument("run_dir", help="a run folder written by aevb train")
@@ -174,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--batch-size",
         type=_positive_int,
-        help="datapoints per chunk (default: sized to ~64 MiB per chunk)",
+        help="datapoints per chunk (default: sized to ~16 MiB per chunk on the CPU, 64 MiB "
+        "on a GPU)",
     )
     evaluate.add_argument(
         "--num-examples", type=_positive_int, help="evaluate only the first N examples of the split"
@@ -236,7 +193,7 @@ def _add_table_commands(commands) -> None:
 
 
 def _add_reproduce(commands) -> None:
-    from aevb.reproduce import FIGURE3_DEFAULT_TRAIN_SAMPLES, FULL_TRAIN_SAMPLES
+    from aevb.experiments.reproduce import FIGURE3_DEFAULT_TRAIN_SAMPLES, FULL_TRAIN_SAMPLES
 
     reproduce = commands.add_parser(
         "reproduce",
@@ -322,27 +279,30 @@ def _add_reproduce(commands) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from aevb.training import TrainConfig, resume, train
+    from aevb.runs import TrainConfig, resume, train
+    from aevb.runs.config import setting_fields
 
     given = {
         key: value
         for key, value in vars(args).items()
-        if value is not None and key not in ("command", "out", "resume", "no_progress", "threads")
+        if value is not None and key not in RUN_FLAGS
     }
     progress = not args.no_progress
     if args.resume:
-        refused = sorted(set(given) - set(RESUMABLE))
+        resumable = {f.name for f in setting_fields() if f.metadata["resumable"]}
+        refused = sorted(set(given) - resumable)
         if refused or args.out:
             flags = ", ".join(
                 "--" + k.replace("_", "-") for k in refused + (["out"] if args.out else [])
             )
-            raise AevbError(
-                f"{flags} cannot change when resuming; only --epochs, --device and --compile can"
-            )
+            allowed = ", ".join("--" + k for k in sorted(resumable))
+            raise AevbError(f"{flags} cannot change when resuming; only {allowed} can")
         summary = resume(args.resume, progress=progress, **given)
         run_dir = args.resume
     else:
-        config = TrainConfig(**{k: tuple(v) if k == "hidden" else v for k, v in given.items()})
+        config = TrainConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+        )
         run_dir = args.out or f"runs/{Path(config.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = train(config, run_dir, progress=progress)
     print(json.dumps(summary, indent=2))
@@ -350,53 +310,47 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_image_run(args: argparse.Namespace, command: str):
+    from aevb.runs import load_run
+
+    run = load_run(args.run_dir, which=getattr(args, "which", "best"), device=args.device)
+    if not run.is_image:
+        raise AevbError(f"aevb {command} draws images, but this run's data are not images")
+    return run
+
+
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from aevb.plots import save_image_grid
-    from aevb.training import load_model, read_run_config
 
-    image_shape = _image_shape(read_run_config(args.run_dir), "sample")
-    model = load_model(args.run_dir, device=args.device)
+    run = _open_image_run(args, "sample")
     torch.manual_seed(args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(model.sample(args.num, mean=not args.draw), image_shape, args.out)
+    save_image_grid(run.sample(args.num, mean=not args.draw), args.out)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
     from aevb.plots import save_reconstructions
-    from aevb.training import load_model, load_run_split, read_run_config
 
-    run = read_run_config(args.run_dir)
-    image_shape = _image_shape(run, "reconstruct")
-    model = load_model(args.run_dir, device=args.device)
-    x = load_run_split(run, args.split, args.num).to(next(model.parameters()).device)
+    run = _open_image_run(args, "reconstruct")
+    x = run.split(args.split, args.num)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_reconstructions(x, model.reconstruct(x), image_shape, args.out)
+    shown = run.transforms.inverse(run.prepare(x))  # the images as the model saw them
+    save_reconstructions(shown, run.reconstruct(x), args.out)
     print(f"wrote {len(x)} reconstructions to {args.out}")
     return 0
 
 
-def _image_shape(run: dict, command: str) -> tuple[int, int]:
-    shape = run["data"].get("image_shape")
-    if not shape or len(shape) != 2:
-        raise AevbError(f"aevb {command} draws images, but this run's data are not images")
-    return tuple(shape)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from aevb.diagnostics import warn_if_collapsed
-    from aevb.evaluation import evaluate
-    from aevb.training import load_model, load_run_split, read_run_config
+    from aevb.runs import load_run
 
-    run = read_run_config(args.run_dir)
-    model = load_model(args.run_dir, which=args.which, device=args.device)
-    x = load_run_split(run, args.split, args.num_examples).to(next(model.parameters()).device)
-    result = evaluate(
-        model,
-        x,
+    run = load_run(args.run_dir, which=args.which, device=args.device)
+    result = run.evaluate(
+        run.split(args.split, args.num_examples),
         importance_samples=args.importance_samples,
         iwae_samples=args.iwae_samples,
         batch_size=args.batch_size,
@@ -418,19 +372,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_rows(args: argparse.Namespace, run: dict) -> np.ndarray:
-    """All rows of ``args.data`` as (N, D) float32, checked against the run's D features."""
+def _read_rows(args: argparse.Namespace, run) -> np.ndarray:
+    """All rows of ``args.data`` as float32, checked against the shape of the run's rows."""
     from aevb.data import load_table
 
     x, columns = load_table(args.data)
-    expected = int(run["model"]["data_dim"])
-    if x.shape[1] != expected:
+    expected = run.record.event_shape
+    if x.shape[1:] != expected:
         named = ""
         if columns:
             named = f" ({', '.join(columns[:8])}{', …' if len(columns) > 8 else ''})"
+        found = f"{x.shape[1]} column(s){named}" if x.ndim == 2 else f"rows of shape {x.shape[1:]}"
+        wanted = f"{expected[0]}" if len(expected) == 1 else f"rows of shape {expected}"
         raise AevbError(
-            f"{args.data} has {x.shape[1]} column(s){named} but the model in {args.run_dir} "
-            f"was trained on {expected}; give the same columns, in the same order"
+            f"{args.data} has {found} but the model in {args.run_dir} was trained on "
+            f"{wanted}; give the same columns, in the same order"
         )
     return x
 
@@ -449,19 +405,16 @@ def _write_csv(path: str, header: list[str], values: np.ndarray) -> None:
 def _embed(args: argparse.Namespace) -> int:
     import torch
 
-    from aevb.training import load_model, read_run_config
+    from aevb.runs import load_run
 
-    run = read_run_config(args.run_dir)
+    run = load_run(args.run_dir, which=args.which, device=args.device)
     x = _read_rows(args, run)
-    model = load_model(args.run_dir, which=args.which, device=args.device)
-    device = next(model.parameters()).device
     parts = []
-    with torch.no_grad():
-        for start in range(0, len(x), EMBED_BATCH):
-            q = model.posterior(torch.from_numpy(x[start : start + EMBED_BATCH]).to(device))
-            parts.append(torch.cat([q.mean, q.stddev], 1) if args.std else q.mean)
+    for start in range(0, len(x), EMBED_BATCH):
+        q = run.encode(x[start : start + EMBED_BATCH], where=args.data)
+        parts.append(torch.cat([q.mean, q.stddev], 1) if args.std else q.mean)
     codes = torch.cat(parts).cpu().numpy()  # (N, latent_dim), or (N, 2 latent_dim) with --std
-    d = model.config.latent_dim
+    d = run.model.latent_dim
     header = [f"z{i}" for i in range(1, d + 1)]
     if args.std:
         header += [f"std{i}" for i in range(1, d + 1)]
@@ -471,30 +424,13 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from aevb.evaluation import log_likelihood_per_example
-    from aevb.training import TrainConfig, binarize_once, load_model, read_run_config
+    from aevb.runs import load_run
 
-    run = read_run_config(args.run_dir)
+    run = load_run(args.run_dir, which=args.which, device=args.device)
     x = _read_rows(args, run)
-    model = load_model(args.run_dir, which=args.which, device=args.device)
-    binarize = TrainConfig.from_dict(run["train"]).binarize
-    if model.config.likelihood == "bernoulli":
-        # Scored like the run's own evaluation data (aevb evaluate): binarized with the same
-        # fixed seed, so the numbers are comparable.
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
-            raise AevbError(
-                f"{args.data} spans [{lo:g}, {hi:g}], but the model in {args.run_dir} has a "
-                "Bernoulli likelihood: its data must lie in [0, 1]"
-            )
-        if binarize in (None, "none") and not bool(((x == 0) | (x == 1)).all()):
-            raise AevbError(
-                f"{args.data} holds values other than 0 and 1, but the model in {args.run_dir} "
-                "was trained on binary data without binarization: the Bernoulli log-probability "
-                "of a grey value is not a log-likelihood"
-            )
-    rows = binarize_once(x, binarize or "none").to(next(model.parameters()).device)
-    scores = log_likelihood_per_example(model, rows, args.importance_samples, args.seed)
+    # Scored like the run's own evaluation data (aevb evaluate): the run's transforms, its
+    # binarization drawn with the same fixed seed, so the numbers are comparable.
+    scores = run.log_likelihood_per_example(x, args.importance_samples, args.seed, where=args.data)
     _write_csv(args.out, ["log_likelihood"], scores.cpu().numpy()[:, None])
     print(
         f"wrote {len(scores)} log-likelihoods (nats, k = {args.importance_samples}; mean "
@@ -525,7 +461,7 @@ def _table(values: dict) -> str:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from aevb import reproduce
+    from aevb.experiments import reproduce
 
     if args.figure in ("ae-vs-vae", "pca"):
         return _contrast(args)
@@ -567,7 +503,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _contrast(args: argparse.Namespace) -> int:
-    from aevb import contrasts
+    from aevb.experiments import contrasts
 
     options = {"epochs": args.epochs} if args.epochs else {}
     common = {
@@ -604,8 +540,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from aevb.training import TrainingInterrupted
-
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 
@@ -615,7 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except TrainingInterrupted as interrupted:
-        print(f"\n{interrupted}", file=sys.stderr)
+        hint = f". Continue with: aevb train --resume {interrupted.run_dir}"
+        print(f"\n{interrupted}{hint if interrupted.run_dir else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except AevbError as error:
         print(f"error: {error}", file=sys.stderr)

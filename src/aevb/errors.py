@@ -1,5 +1,9 @@
 """User-facing errors: one clear message, no traceback in the CLI."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class AevbError(Exception):
     """A problem with the user's input, files or settings (not a bug in aevb).
@@ -8,9 +12,25 @@ class AevbError(Exception):
     """
 
 
-class DataError(AevbError):
-    """A dataset file is missing, corrupt, wrongly shaped or holds invalid values."""
+class DataError(AevbError, ValueError):
+    """A dataset file is missing, corrupt, wrongly shaped or holds invalid values (also a
+    ``ValueError``, for code that calls the API directly)."""
 
 
 class ConfigError(AevbError, ValueError):
     """An invalid setting (also a ``ValueError``, for code that calls the API directly)."""
+
+
+class NumericalFault(AevbError):
+    """Training stopped after too many steps with a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(AevbError):
+    """Training stopped on SIGINT/SIGTERM after its callbacks wrote what they keep.
+
+    ``run_dir`` is the run folder it can be resumed from, when there is one.
+    """
+
+    def __init__(self, message: str, run_dir: str | Path | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir

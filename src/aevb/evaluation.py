@@ -16,6 +16,7 @@ Carlo EM) or to compare differently trained models with one estimator (the paper
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -27,13 +28,10 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from aevb.distributions import (
-    full_covariance_gaussian,
-    is_factorised,
-    kl_per_dimension,
-    kl_to_standard_normal,
-)
+from aevb.distributions import full_covariance_gaussian, support_is_binary
+from aevb.errors import DataError
 from aevb.hmc import HMC, log_joint
+from aevb.kl import KLRule
 from aevb.models import VAE
 from aevb.objectives import latent_samples
 
@@ -61,7 +59,9 @@ class Evaluation:
     """Per-example means over a data split, in nats (``bits_per_dim``: bits per dimension).
 
     ``log_likelihood_se`` is the Monte Carlo standard error of the mean log p̂(x) (delta
-    method per example, combined over examples): the spread to expect across seeds.
+    method per example, combined over examples): the spread to expect across seeds. ``kl`` is
+    analytic where torch knows the (posterior, prior) pair and a Monte Carlo estimate from the
+    same draws otherwise (``kl_estimator``).
     """
 
     log_likelihood: float
@@ -73,15 +73,48 @@ class Evaluation:
     reconstruction: float
     kl: float
     kl_per_dim: list[float] | None
+    kl_estimator: str
     bits_per_dim: float
     active_units: int
     latent_dim: int
+    data_dim: int
     num_examples: int
     importance_samples: int
     seconds: float
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def in_data_units(self, log_abs_det_jacobian: float) -> Evaluation:
+        """The same evaluation for data a transform mapped into the model's space: every
+        log-density of x (not the KL) gains log |det ∂x_model/∂x| (nats per example), e.g.
+        −Σ_j log s_j for standardisation by scales s (:mod:`aevb.data.transforms`)."""
+        if not log_abs_det_jacobian:
+            return self
+        values = {key: getattr(self, key) + log_abs_det_jacobian for key in LOG_DENSITIES}
+        values["bits_per_dim"] = _bits_per_dim(values["log_likelihood"], self.data_dim)
+        return dataclasses.replace(self, **values)
+
+
+# The per-example log-densities of x an evaluation reports (the KL is not one).
+LOG_DENSITIES = ("log_likelihood", "iwae_bound", "elbo", "elbo_a", "reconstruction")
+
+
+def _bits_per_dim(log_likelihood: float, data_dim: int) -> float:
+    return -log_likelihood / (data_dim * math.log(2))
+
+
+def check_support(model: VAE, x: Tensor) -> None:
+    """Refuse x that the model's likelihood gives no density: values other than 0 and 1 for a
+    Bernoulli likelihood (its log-probability of a grey value is not a log-likelihood)."""
+    with torch.no_grad():
+        likelihood = model.likelihood(x.new_zeros(1, model.latent_dim))
+        if support_is_binary(likelihood, x[:1]) and not bool(((x == 0) | (x == 1)).all()):
+            raise DataError(
+                "the model's likelihood is a distribution over {0, 1} (Bernoulli), but x holds "
+                "other values: their log-probability is not a log-likelihood. Binarize x as the "
+                "model's run does (aevb.load_run(RUN).prepare(x)), or pass binary data"
+            )
 
 
 @torch.no_grad()
@@ -99,17 +132,21 @@ def evaluate(
 ) -> Evaluation:
     """Importance-sampled log p(x), IWAE bound, ELBO (A and B), KL and active units of x.
 
-    x: (N, data_dim) on the model's device. ``importance_samples`` k draws per datapoint
-    from the encoder; ``iwae_samples`` m (a divisor of k is used: the largest ≤ m) sets the
-    reported L_m. ``batch_size`` datapoints (default: sized so one sample chunk of the batch
-    has about ``chunk_elements`` likelihood values, by default 2²² on the CPU and 2²⁴ on a
-    GPU) are processed together; ``float64``
-    accumulates the log-weights in double precision. ``proposal(model, batch)`` replaces the
-    encoder as the importance distribution (and as the q of the reported ELBO and KL).
+    x: (N, *data_shape) on the model's device, in the model's space (a run's data go through
+    its transforms first: :meth:`aevb.runs.Run.evaluate` does both). ``importance_samples`` k
+    draws per datapoint from the encoder; ``iwae_samples`` m (a divisor of k is used: the
+    largest ≤ m) sets the reported L_m. ``batch_size`` datapoints (default: sized so one sample
+    chunk of the batch has about ``chunk_elements`` likelihood values, by default 2²² on the
+    CPU and 2²⁴ on a GPU) are processed together; ``float64`` accumulates the log-weights in
+    double precision. ``proposal(model, batch)`` replaces the encoder as the importance
+    distribution (and as the q of the reported ELBO and KL). Values that the likelihood gives
+    no density (grey values for a Bernoulli likelihood) are refused.
     """
-    n, data_dim = x.shape
+    n = len(x)
     if n == 0:
         raise ValueError("cannot evaluate on an empty data split")
+    check_support(model, x)
+    data_dim = x[0].numel()
     k = int(importance_samples)
     m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
     batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements)
@@ -119,17 +156,23 @@ def evaluate(
     started = time.perf_counter()
     totals = torch.zeros(6, dtype=torch.float64, device=x.device)
     posterior_means, kl_dims = [], []
+    rule = None
     bar = tqdm(total=n * k, disable=not progress, unit="sample", unit_scale=True, desc="evaluate")
     with fixed_randomness(seed, x.device), bar:
+        prior = model.prior()  # once: a VampPrior encodes its pseudo-inputs to make it
         for start in range(0, n, batch_size):
             batch = x[start : start + batch_size]
             posterior = model.posterior(batch) if proposal is None else proposal(model, batch)
-            stats = _batch_statistics(model, batch, posterior, k, m, samples_per_chunk, dtype, bar)
+            rule = rule or KLRule.decide(posterior, prior)
+            stats, kl_dim = _batch_statistics(
+                model, batch, posterior, prior, rule, k, m, samples_per_chunk, dtype, bar
+            )
             totals += stats.sum(1).double()
             posterior_means.append(posterior.mean)
-            if is_factorised(posterior):
-                kl_dims.append(kl_per_dimension(posterior, model.prior).sum(0))
+            if kl_dim is not None:
+                kl_dims.append(kl_dim.double().sum(0))
     model.train(was_training)
+    assert rule is not None
     log_likelihood, variance_sum, iwae, elbo_a, reconstruction, kl = (totals / n).tolist()
     log_likelihood_se = math.sqrt(variance_sum * n) / n
     kl_per_dim = (torch.stack(kl_dims).sum(0) / n).tolist() if kl_dims else None
@@ -143,9 +186,11 @@ def evaluate(
         reconstruction=reconstruction,
         kl=kl,
         kl_per_dim=kl_per_dim,
-        bits_per_dim=-log_likelihood / (data_dim * math.log(2)),
+        kl_estimator=rule.description,
+        bits_per_dim=_bits_per_dim(log_likelihood, data_dim),
         active_units=count_active_units(torch.cat(posterior_means)),
         latent_dim=model.latent_dim,
+        data_dim=data_dim,
         num_examples=n,
         importance_samples=k,
         seconds=time.perf_counter() - started,
@@ -157,7 +202,7 @@ def _chunk_sizes(
 ) -> tuple[int, int]:
     """Datapoints per batch and samples per chunk, so that one chunk's likelihood tensor has
     about ``chunk_elements`` values (default by device: :data:`CHUNK_ELEMENTS`)."""
-    n, data_dim = x.shape
+    n, data_dim = len(x), max(1, x[0].numel() if len(x) else 1)
     if chunk_elements is None:
         chunk_elements = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cuda"])
     if batch_size is None:
@@ -169,14 +214,16 @@ def _chunk_sizes(
 def log_likelihood_per_example(
     model: VAE, x: Tensor, importance_samples: int = 1000, seed: int = 0
 ) -> Tensor:
-    """Importance-sampled log p̂(x) of every row of x: (N, data_dim) → (N,) nats, float64.
+    """Importance-sampled log p̂(x) of every row of x: (N, *data_shape) → (N,) nats, float64.
 
     The estimate of :func:`evaluate`'s ``log_likelihood``, per row, with k =
     ``importance_samples`` draws from the encoder per row, made from the same k standard
     normal draws for every row, so that each row's value depends only on that row (scores are
     invariant to the order and to the subset of rows scored). Higher is more typical of the
-    training data: an anomaly score with the sign flipped.
+    training data: an anomaly score with the sign flipped. x is in the model's space, as for
+    :func:`evaluate`.
     """
+    check_support(model, x)
     k = int(importance_samples)
     batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None)
     was_training = model.training
@@ -186,11 +233,23 @@ def log_likelihood_per_example(
         # The same k standard-normal draws for every row: a row's estimate then depends on
         # that row alone, not on its position or on the other rows in the call.
         noise = torch.randn(k, model.latent_dim, device=x.device, dtype=x.dtype)
+        prior = model.prior()
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             posterior = model.posterior(batch)
-            stats = _batch_statistics(
-                model, batch, posterior, k, 1, samples_per_chunk, torch.float64, bar, noise
+            rule = KLRule(analytic=False, per_dimension=False)  # the KL row is not used here
+            stats, _ = _batch_statistics(
+                model,
+                batch,
+                posterior,
+                prior,
+                rule,
+                k,
+                1,
+                samples_per_chunk,
+                torch.float64,
+                bar,
+                noise,
             )
             values.append(stats[0])
     model.train(was_training)
@@ -201,18 +260,22 @@ def _batch_statistics(
     model: VAE,
     x: Tensor,
     posterior: Distribution,
+    prior: Distribution,
+    rule: KLRule,
     k: int,
     m: int,
     chunk: int,
     dtype: torch.dtype,
     bar: tqdm,
     noise: Tensor | None = None,
-) -> Tensor:
-    """Per-example sums for one batch of datapoints: (6, batch).
+) -> tuple[Tensor, Tensor | None]:
+    """Per-example sums for one batch of datapoints: (6, batch), and the KL per latent
+    dimension (batch, latent_dim) where it splits.
 
     Rows: log p̂(x); the delta-method variance of log p̂(x); L_m (mean over the k/m groups);
-    the estimator-A ELBO; mean log p(x|z); analytic KL. Log-weights are reduced chunk by
-    chunk with a running logsumexp, so memory does not grow with k.
+    the estimator-A ELBO; mean log p(x|z); the KL (by ``rule``: analytic, or the Monte Carlo
+    mean of log q − log p over the same k draws). Log-weights are reduced chunk by chunk with
+    a running logsumexp, so memory does not grow with k.
     """
     b = len(x)
     log_sum_w = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
@@ -221,15 +284,23 @@ def _batch_statistics(
     group = torch.empty(0, b, dtype=dtype, device=x.device)  # log-weights of an open group
     sum_log_w = torch.zeros(b, dtype=dtype, device=x.device)
     sum_log_likelihood = torch.zeros(b, dtype=dtype, device=x.device)
+    monte_carlo_kl_dims = None
     for start in range(0, k, chunk):
         count = min(chunk, k - start)
         shared = None if noise is None else noise[start : start + count]
-        samples = latent_samples(model, x, count, posterior=posterior, noise=shared)
+        samples = latent_samples(model, x, count, posterior=posterior, prior=prior, noise=shared)
         log_w = samples.log_weights.to(dtype)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
         log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, 0))
         sum_log_w += log_w.sum(0)
         sum_log_likelihood += samples.log_likelihood.to(dtype).sum(0)
+        if rule.per_dimension and not rule.analytic:
+            part = rule.estimate(posterior, prior, samples.z).per_dimension
+            assert part is not None
+            part = part.to(dtype) * count
+            if monte_carlo_kl_dims is not None:
+                part = part + monte_carlo_kl_dims
+            monte_carlo_kl_dims = part
         group = torch.cat((group, log_w))
         full = len(group) // m * m
         if full:
@@ -241,16 +312,24 @@ def _batch_statistics(
     # Delta method: Var[log p̂] ≈ Var[w] / (k E[w]²) = (E[w²]/E[w]² − 1) / k.
     relative_second_moment = torch.exp(log_sum_w2 - math.log(k) - 2 * log_mean_w)
     variance = (relative_second_moment - 1).clamp(min=0) / k
-    return torch.stack(
+    if rule.analytic:
+        kl = rule.estimate(posterior, prior)
+        kl_total, kl_dims = kl.total.to(dtype), kl.per_dimension
+    else:
+        # log w = log p(x|z) − (log q − log p): the Monte Carlo KL is their difference's mean.
+        kl_total = (sum_log_likelihood - sum_log_w) / k
+        kl_dims = None if monte_carlo_kl_dims is None else monte_carlo_kl_dims / k
+    statistics = torch.stack(
         (
             log_mean_w,
             variance,
             group_bound_sum / (k // m),
             sum_log_w / k,
             sum_log_likelihood / k,
-            kl_to_standard_normal(posterior).to(dtype),
+            kl_total,
         )
     )
+    return statistics, kl_dims
 
 
 def count_active_units(posterior_means: Tensor, threshold: float = 0.01) -> int:
@@ -292,7 +371,7 @@ def hmc_proposal(
 
     def proposal(model: VAE, x: Tensor) -> Distribution:
         density = log_joint(model, x)
-        z = model.prior.sample((num_chains, len(x)))
+        z = model.prior().sample((num_chains, len(x)))
         state = sampler.start(density, z)
         step_size = torch.full((num_chains, len(x)), initial_step_size, dtype=z.dtype)
         step_size = step_size.to(z.device)

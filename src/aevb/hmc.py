@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from aevb.models import VAE
 
@@ -23,16 +24,18 @@ from aevb.models import VAE
 LogDensity = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
-def log_joint(model: VAE, x: Tensor) -> LogDensity:
-    """z ↦ (log p_θ(x, z), ∇_z log p_θ(x, z)) for x: (batch, data_dim), z: (..., batch, D).
+def log_joint(model: VAE, x: Tensor, prior: Distribution | None = None) -> LogDensity:
+    """z ↦ (log p_θ(x, z), ∇_z log p_θ(x, z)) for x: (batch, *data_shape), z: (..., batch, D).
 
+    ``prior`` is ``model.prior()`` unless given (computed once, outside the leapfrog steps).
     The gradient is taken with respect to z only; no graph is kept.
     """
+    prior = model.prior() if prior is None else prior
 
     def density(z: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            log_density = model.likelihood(z).log_prob(x) + model.prior.log_prob(z)
+            log_density = model.likelihood(z).log_prob(x) + prior.log_prob(z)
             (grad,) = torch.autograd.grad(log_density.sum(), z)
         return log_density.detach(), grad
 

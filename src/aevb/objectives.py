@@ -5,14 +5,22 @@ and combines the same log-densities differently. With the *log-weight*
 log w = log p(x|z) + log p(z) − log q(z|x):
 
 * **SGVB estimator A** (paper eq. 6): (1/L) Σ_l log w_l — the KL by Monte Carlo.
-* **SGVB estimator B** (paper eq. 7): (1/L) Σ_l log p(x|z_l) − KL(q(z|x) ‖ p(z)), KL analytic.
+* **SGVB estimator B** (paper eq. 7): (1/L) Σ_l log p(x|z_l) − KL(q(z|x) ‖ p(z)), with the KL
+  analytic where torch knows the pair (else a Monte Carlo estimate from the same draws:
+  :mod:`aevb.kl`).
 * **IWAE** (Burda et al. 2015): L_k = log (1/k) Σ_i w_i, a tighter bound for k > 1.
 * **Score function** (REINFORCE / black-box VI): the ELBO with its encoder gradient estimated
   by E_q[(log w − b) ∇_φ log q(z|x)] instead of by reparameterisation.
 * **Wake-Sleep** (Hinton et al. 1995), the paper's baseline: the same networks, but the
   encoder is fitted to dreams from the decoder instead of to the ELBO.
 * **Autoencoder**: a plain deterministic autoencoder on the same networks, for comparison
-  (no KL term, not a bound).
+  (no KL term, not a bound; judged by its reconstruction).
+* **Monte Carlo EM** (:mod:`aevb.mcem`), the paper's other baseline, is registered here too.
+
+Each objective says which training settings it accepts (``options``) and which metric a run
+is judged by (``judged_by``: the ELBO, or the autoencoder's reconstruction). Before the first
+(possibly compiled) step, :meth:`Objective.prepare` decides the KL rule for the model's
+posterior and prior, once.
 
 Reduction, everywhere in aevb: a per-example value in nats is the sum over data (and latent)
 dimensions; a batch value is the mean over the batch. The paper's minibatch estimator
@@ -23,16 +31,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aevb.distributions import is_factorised, kl_per_dimension, kl_to_standard_normal
+from aevb.distributions import is_factorised
 from aevb.errors import ConfigError
+from aevb.kl import KLRule
 from aevb.models import VAE
+
+if TYPE_CHECKING:
+    from aevb.train.trainer import Trainer
 
 __all__ = [
     "IWAE",
@@ -41,6 +54,7 @@ __all__ = [
     "SGVBB",
     "Autoencoder",
     "LatentSamples",
+    "Objective",
     "ObjectiveTerms",
     "ScoreFunction",
     "WakeSleep",
@@ -48,6 +62,10 @@ __all__ = [
     "latent_samples",
     "make_objective",
 ]
+
+# Rows per batch of the metrics computed on held-out data (validation, test).
+METRICS_BATCH = 10_000
+METRICS_SEED = 0
 
 
 @dataclass
@@ -59,8 +77,8 @@ class LatentSamples:
     (by hand: ``functools.cached_property`` takes a lock that ``torch.compile`` cannot trace).
     """
 
-    model: VAE
     posterior: Distribution
+    prior: Distribution
     z: Tensor
     log_likelihood: Tensor
     _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
@@ -72,7 +90,7 @@ class LatentSamples:
 
     @property
     def log_prior(self) -> Tensor:
-        return self._cached("log_prior", lambda: self.model.prior.log_prob(self.z))
+        return self._cached("log_prior", lambda: self.prior.log_prob(self.z))
 
     @property
     def log_posterior(self) -> Tensor:
@@ -92,29 +110,36 @@ def latent_samples(
     num_samples: int = 1,
     reparameterised: bool = True,
     posterior: Distribution | None = None,
+    prior: Distribution | None = None,
     noise: Tensor | None = None,
 ) -> LatentSamples:
-    """Encode x: (batch, data_dim), draw k = ``num_samples`` latents per row, decode them.
+    """Encode x: (batch, *data_shape), draw k = ``num_samples`` latents per row, decode them.
 
     With ``reparameterised=False`` the draws carry no gradient (for the score function);
-    ``posterior`` reuses an encoding of x that is already computed; ``noise`` (k, latent_dim)
+    ``posterior`` and ``prior`` reuse distributions already computed; ``noise`` (k, latent_dim)
     gives the standard-normal ε of the k draws, shared by every row (z = μ + σ ε, or μ + L ε):
     then each row's draws depend on that row alone.
     """
     posterior = model.posterior(x) if posterior is None else posterior
+    prior = model.prior() if prior is None else prior
     shape = (num_samples,)
     if noise is not None:
         z = _transform_noise(posterior, noise.unsqueeze(1))
     else:
         z = posterior.rsample(shape) if reparameterised else posterior.sample(shape)
-    return LatentSamples(model, posterior, z, model.likelihood(z).log_prob(x))
+    return LatentSamples(posterior, prior, z, model.likelihood(z).log_prob(x))
 
 
 def _transform_noise(posterior: Distribution, noise: Tensor) -> Tensor:
     """z = μ + σ ε (diagonal) or μ + L ε (full covariance) for ε: (k, 1, D) → (k, batch, D)."""
     if is_factorised(posterior):
         return posterior.mean + posterior.stddev * noise
-    return posterior.loc + (posterior.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+    if hasattr(posterior, "scale_tril"):
+        return posterior.loc + (posterior.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
+    raise TypeError(
+        f"shared noise needs a Gaussian posterior, not {type(posterior).__name__}; score rows "
+        "with independent draws instead"
+    )
 
 
 @dataclass
@@ -124,7 +149,7 @@ class ObjectiveTerms:
     ``elbo = reconstruction − kl``. For the SGVB estimators ``loss = −(reconstruction − β·kl)``
     (with free bits, each latent dimension's KL in the loss is at least the threshold); for
     IWAE ``loss = −L_k``, reported as ``bound``. ``kl_per_dim`` (latent_dim,) is the batch-mean
-    KL of each latent dimension, where q factorises (else ``None``).
+    KL of each latent dimension, where the KL splits per dimension (else ``None``).
     """
 
     loss: Tensor
@@ -135,53 +160,151 @@ class ObjectiveTerms:
     bound: Tensor
 
 
+def kl_weight(step: int, warmup_steps: int, beta: float = 1.0, beta_start: float = 0.0) -> float:
+    """KL weight at optimisation ``step`` (0-based): linear from ``beta_start`` to ``beta``.
+
+    Reaches ``beta`` after ``warmup_steps`` steps and stays there; no warm-up when 0.
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return beta
+    return beta_start + (beta - beta_start) * step / warmup_steps
+
+
 class Objective:
-    """Base of all objectives: ``objective(model, x, beta)`` → :class:`ObjectiveTerms`."""
+    """Base of all objectives: ``objective(model, x, beta)`` → :class:`ObjectiveTerms`.
 
-    name: str
-    # Free bits clamp each latent dimension's KL term, which only the SGVB losses have.
-    supports_free_bits = False
+    ``options`` names the training settings (:class:`aevb.runs.TrainConfig` fields) the
+    objective accepts; ``judged_by`` the metric that selects the best checkpoint and stops
+    training early; ``reported`` the training metrics it defines.
+    """
 
-    def __init__(self, num_samples: int = 1, free_bits: float = 0.0):
+    name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ("samples",)
+    judged_by: ClassVar[str] = "elbo"
+    reported: ClassVar[tuple[str, ...]] = ("elbo", "reconstruction", "kl")
+    # A training step of its own (update()) instead of the Trainer's gradient step on the loss.
+    custom_update: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        *,
+        beta: float = 1.0,
+        beta_start: float = 0.0,
+        warmup_steps: int = 0,
+    ):
         if num_samples < 1:
             raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
-        if free_bits < 0:
-            raise ConfigError(f"free_bits must be non-negative, got {free_bits}")
-        if free_bits and not self.supports_free_bits:
-            raise ConfigError(f"free bits are not defined for the {self.name} objective")
+        if not (beta >= 0 and beta_start >= 0) or warmup_steps < 0:
+            raise ConfigError("beta, beta_start and warmup_steps must be non-negative")
         self.num_samples = int(num_samples)
-        self.free_bits = float(free_bits)
+        self.beta, self.beta_start, self.warmup_steps = float(beta), float(beta_start), warmup_steps
+        self.kl_rule: KLRule | None = None
+
+    def prepare(self, model: VAE, x: Tensor, num_examples: int | None = None) -> None:
+        """Decide the KL rule for ``model``'s posterior and prior from a batch x, eagerly and
+        once (never inside a compiled step); check the objective's needs against them.
+        ``num_examples`` is the size of the training set, for objectives that keep state per
+        datapoint."""
+        with torch.no_grad():
+            self.kl_rule = KLRule.decide(model.posterior(x[:2]), model.prior())
+
+    def _rule(self, model: VAE, x: Tensor) -> KLRule:
+        if self.kl_rule is None:  # used directly, without a Trainer: decide on first call
+            self.prepare(model, x)
+        assert self.kl_rule is not None
+        return self.kl_rule
+
+    def kl_weight(self, step: int) -> float:
+        """β at optimisation step ``step`` (0-based): the warm-up from ``beta_start``."""
+        return kl_weight(step, self.warmup_steps, self.beta, self.beta_start)
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
         raise NotImplementedError
 
+    def trainable_parameters(self, model: VAE) -> Iterable[nn.Parameter]:
+        """The parameters the optimiser updates (all of the model's)."""
+        return model.parameters()
+
+    def update(self, trainer: Trainer, x: Tensor, index: Tensor) -> Tensor:
+        """The training step of an objective with ``custom_update``, for the batch x with
+        training-set rows ``index``; returns its summed (ELBO, reconstruction, KL, rows), (4,).
+        Other objectives train by the Trainer's gradient step on their loss."""
+        raise NotImplementedError
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Extra values for the epoch's training record (read once per epoch)."""
+        return {}
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Tensors a checkpoint must keep for the objective to resume (none by default)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned."""
+
+    @torch.no_grad()
+    def metrics(self, model: VAE, x: Tensor) -> dict[str, float]:
+        """Held-out metrics of ``model`` on x (nats per example, model space): by default the
+        ELBO by estimator B with one sample per row, its reconstruction and KL, and the number
+        of active units."""
+        from aevb.evaluation import evaluate
+
+        result = evaluate(model, x, 1, batch_size=METRICS_BATCH, seed=METRICS_SEED)
+        return {
+            "elbo": result.elbo,
+            "reconstruction": result.reconstruction,
+            "kl": result.kl,
+            "active_units": result.active_units,
+        }
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_samples={self.num_samples}, free_bits={self.free_bits})"
+        return f"{type(self).__name__}(num_samples={self.num_samples})"
 
 
 class _SGVB(Objective):
     """Shared machinery of the two SGVB estimators; subclasses supply the KL estimate."""
 
-    supports_free_bits = True
+    options = ("samples", "beta", "beta_start", "warmup_steps", "free_bits")
 
-    def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
-        """Batch-mean KL estimate (scalar) and, where q factorises, its split per dimension."""
+    def __init__(self, num_samples: int = 1, free_bits: float = 0.0, **kl_weighting: Any):
+        super().__init__(num_samples, **kl_weighting)
+        if free_bits < 0:
+            raise ConfigError(f"free_bits must be non-negative, got {free_bits}")
+        self.free_bits = float(free_bits)
+
+    def prepare(self, model: VAE, x: Tensor, num_examples: int | None = None) -> None:
+        super().prepare(model, x, num_examples)
+        assert self.kl_rule is not None
+        if self.free_bits and not self.kl_rule.per_dimension:
+            raise ConfigError(
+                "free bits need a KL that splits over latent dimensions: a diagonal posterior "
+                "and a factorised prior (not a full-covariance posterior or a mixture or vamp "
+                "prior)"
+            )
+
+    def kl(self, rule: KLRule, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
+        """Batch-mean KL estimate (scalar) and, where it splits, its split per dimension."""
         raise NotImplementedError
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
-        """Evaluate on x: (batch, data_dim) with KL weight ``beta`` (β = 1 is the ELBO)."""
+        """Evaluate on x: (batch, *data_shape) with KL weight ``beta`` (β = 1 is the ELBO)."""
+        rule = self._rule(model, x)
         samples = latent_samples(model, x, self.num_samples)
         reconstruction = samples.log_likelihood.mean()
-        kl, kl_per_dim = self.kl(model, samples)
+        kl, kl_per_dim = self.kl(rule, samples)
         kl_in_loss = kl
         if self.free_bits:
             if kl_per_dim is None:
-                raise ConfigError("free bits need a posterior that factorises over dimensions")
+                raise ConfigError("free bits need a KL that splits over latent dimensions")
             # Free bits (Kingma et al. 2016): no pressure on a dimension's batch-mean KL below λ.
             kl_in_loss = kl_per_dim.clamp(min=self.free_bits).sum()
         elbo = reconstruction - kl
         loss = beta * kl_in_loss - reconstruction
         return ObjectiveTerms(loss, elbo, reconstruction, kl, kl_per_dim, elbo)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_samples={self.num_samples}, free_bits={self.free_bits})"
 
 
 class SGVBA(_SGVB):
@@ -192,31 +315,30 @@ class SGVBA(_SGVB):
 
     name = "sgvb-a"
 
-    def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
-        if is_factorised(samples.posterior):
-            # q (diagonal) and p (standard normal) both factorise, so the Monte Carlo KL
-            # splits per dimension too (needed for free bits).
-            log_q = samples.posterior.base_dist.log_prob(samples.z)
-            log_p = model.prior.base_dist.log_prob(samples.z)
-            per_dim = (log_q - log_p).mean((0, 1))
-            return per_dim.sum(), per_dim
-        return (samples.log_posterior - samples.log_prior).mean(), None
+    def kl(self, rule: KLRule, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
+        monte_carlo = KLRule(analytic=False, per_dimension=rule.per_dimension)
+        log_ratio = None if rule.per_dimension else samples.log_posterior - samples.log_prior
+        estimate = monte_carlo.estimate(samples.posterior, samples.prior, samples.z, log_ratio)
+        per_dim = None if estimate.per_dimension is None else estimate.per_dimension.mean(0)
+        return estimate.total.mean(), per_dim
 
 
 class SGVBB(_SGVB):
-    """SGVB estimator B: the KL term in closed form, ½ Σ (μ² + σ² − 1 − log σ²) (diagonal)
-    or ½ (tr Σ + μᵀμ − D − log det Σ) (full covariance).
-
-    Valid when KL(q ‖ p) is analytic (Gaussian posterior and prior); lower variance than A.
+    """SGVB estimator B: the KL term in closed form — ½ Σ (μ² + σ² − 1 − log σ²) for a diagonal
+    posterior and N(0, I), ½ (tr Σ + μᵀμ − D − log det Σ) for a full covariance — wherever
+    ``torch.distributions`` knows the pair; a Monte Carlo estimate from the same draws
+    otherwise (then it equals estimator A). Lower variance than A where the KL is analytic.
     """
 
     name = "sgvb-b"
 
-    def kl(self, model: VAE, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
-        if is_factorised(samples.posterior):
-            per_dim = kl_per_dimension(samples.posterior, model.prior).mean(0)
-            return per_dim.sum(), per_dim
-        return kl_to_standard_normal(samples.posterior).mean(), None
+    def kl(self, rule: KLRule, samples: LatentSamples) -> tuple[Tensor, Tensor | None]:
+        log_ratio = None
+        if not rule.analytic and not rule.per_dimension:
+            log_ratio = samples.log_posterior - samples.log_prior
+        estimate = rule.estimate(samples.posterior, samples.prior, samples.z, log_ratio)
+        per_dim = None if estimate.per_dimension is None else estimate.per_dimension.mean(0)
+        return estimate.total.mean(), per_dim
 
 
 class IWAE(Objective):
@@ -229,9 +351,10 @@ class IWAE(Objective):
     """
 
     name = "iwae"
+    options = ("samples", "beta", "beta_start", "warmup_steps")
 
-    def __init__(self, num_samples: int = 5, free_bits: float = 0.0):
-        super().__init__(num_samples, free_bits)
+    def __init__(self, num_samples: int = 5, **kl_weighting: Any):
+        super().__init__(num_samples, **kl_weighting)
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
         samples = latent_samples(model, x, self.num_samples)
@@ -254,10 +377,12 @@ class ScoreFunction(Objective):
     """
 
     name = "score-function"
+    options = ("samples", "beta", "beta_start", "warmup_steps", "baseline")
+    BASELINES = ("none", "mean")
 
-    def __init__(self, num_samples: int = 1, free_bits: float = 0.0, baseline: str = "none"):
-        super().__init__(num_samples, free_bits)
-        if baseline not in ("none", "mean"):
+    def __init__(self, num_samples: int = 1, baseline: str = "none", **kl_weighting: Any):
+        super().__init__(num_samples, **kl_weighting)
+        if baseline not in self.BASELINES:
             raise ConfigError(f"baseline must be 'none' or 'mean', got {baseline!r}")
         if baseline == "mean" and num_samples < 2:
             raise ConfigError("the leave-one-out mean baseline needs num_samples ≥ 2")
@@ -294,13 +419,18 @@ class WakeSleep(Objective):
     name = "wake-sleep"
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        rule = self._rule(model, x)
         samples = latent_samples(model, x, self.num_samples, reparameterised=False)
         reconstruction = samples.log_likelihood.mean()  # wake: gradient for θ only
         with torch.no_grad():
-            z_dream = model.prior.sample((self.num_samples * len(x),))
+            z_dream = samples.prior.sample((self.num_samples * len(x),))
             x_dream = model.likelihood(z_dream).sample()
+            log_ratio = None
+            if not rule.analytic and not rule.per_dimension:
+                log_ratio = samples.log_posterior - samples.log_prior
+            kl = rule.estimate(samples.posterior, samples.prior, samples.z, log_ratio).total
+            kl = kl.mean()
         sleep = model.posterior(x_dream).log_prob(z_dream).mean()  # gradient for φ only
-        kl = kl_to_standard_normal(samples.posterior).mean().detach()
         elbo = reconstruction.detach() - kl
         return ObjectiveTerms(
             -(reconstruction + sleep), elbo, reconstruction.detach(), kl, None, elbo
@@ -311,11 +441,18 @@ class Autoencoder(Objective):
     """A plain autoencoder on the VAE's networks: code z = E_q[z|x], loss −log p(x|z).
 
     No noise and no KL term, so nothing shapes the codes' distribution: the seed notes'
-    contrast to the VAE. Its ``elbo`` and ``bound`` are the reconstruction log-likelihood at
-    the code, which is *not* a bound on log p(x); ``kl`` is reported as 0.
+    contrast to the VAE. It is not a bound on log p(x): it is judged, and reported, by its
+    reconstruction log-likelihood at the code; ``elbo`` and ``bound`` carry the same value
+    and ``kl`` is 0.
     """
 
     name = "autoencoder"
+    options = ()
+    judged_by = "reconstruction"
+    reported = ("reconstruction",)
+
+    def __init__(self) -> None:
+        super().__init__(1)
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
         reconstruction = model.likelihood(model.posterior(x).mean).log_prob(x).mean()
@@ -323,43 +460,82 @@ class Autoencoder(Objective):
         value = reconstruction.detach()
         return ObjectiveTerms(-reconstruction, value, value, zero, None, value)
 
+    @torch.no_grad()
+    def metrics(self, model: VAE, x: Tensor) -> dict[str, float]:
+        """The reconstruction log-likelihood at the code, log p(x | z = E_q[z|x]), and the
+        number of active units (nats per example)."""
+        from aevb.evaluation import count_active_units
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "sgvb-a": SGVBA,
-    "sgvb-b": SGVBB,
-    "iwae": IWAE,
-    "score-function": ScoreFunction,
-    "wake-sleep": WakeSleep,
-    "autoencoder": Autoencoder,
+        total, codes = 0.0, []
+        for start in range(0, len(x), METRICS_BATCH):
+            batch = x[start : start + METRICS_BATCH]
+            code = model.posterior(batch).mean
+            total += float(model.likelihood(code).log_prob(batch).double().sum())
+            codes.append(code)
+        return {
+            "reconstruction": total / len(x),
+            "active_units": count_active_units(torch.cat(codes)),
+        }
+
+    def __repr__(self) -> str:
+        return "Autoencoder()"
+
+
+def _objectives() -> dict[str, type[Objective]]:
+    from aevb.mcem import MonteCarloEM
+
+    return {
+        cls.name: cls
+        for cls in (SGVBA, SGVBB, IWAE, ScoreFunction, WakeSleep, Autoencoder, MonteCarloEM)
+    }
+
+
+OBJECTIVES: tuple[str, ...] = (
+    "sgvb-a",
+    "sgvb-b",
+    "iwae",
+    "score-function",
+    "wake-sleep",
+    "autoencoder",
+    "mcem",
+)
+# The training settings any objective accepts, and the objective argument each one sets.
+OPTION_ARGUMENTS = {
+    "samples": "num_samples",
+    "beta": "beta",
+    "beta_start": "beta_start",
+    "warmup_steps": "warmup_steps",
+    "free_bits": "free_bits",
+    "baseline": "baseline",
 }
 
 
-def make_objective(name: str, num_samples: int = 1, free_bits: float = 0.0) -> Objective:
-    """The objective called ``name`` (one of :data:`OBJECTIVES`)."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](num_samples=num_samples, free_bits=free_bits)
+def objective_class(name: str) -> type[Objective]:
+    """The objective class called ``name`` (one of :data:`OBJECTIVES`)."""
+    classes = _objectives()
+    if name not in classes:
+        raise ConfigError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+    return classes[name]
 
 
-def kl_weight(step: int, warmup_steps: int, beta: float = 1.0, beta_start: float = 0.0) -> float:
-    """KL weight at optimisation ``step`` (0-based): linear from ``beta_start`` to ``beta``.
+def make_objective(name: str, **options: Any) -> Objective:
+    """The objective called ``name`` with training settings ``options`` (``samples``,
+    ``beta``, ``free_bits``, …: the :class:`aevb.runs.TrainConfig` names). A setting the
+    objective does not accept is refused."""
+    cls = objective_class(name)
+    refused = sorted(set(options) - set(cls.options))
+    if refused:
+        raise ConfigError(f"the {name} objective does not take {', '.join(refused)}")
+    return cls(**{OPTION_ARGUMENTS[key]: value for key, value in options.items()})
 
-    Reaches ``beta`` after ``warmup_steps`` steps and stays there; no warm-up when 0.
-    """
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return beta
-    return beta_start + (beta - beta_start) * step / warmup_steps
 
-
-def warn_if_warmup_incomplete(
-    total_steps: int, warmup_steps: int, beta: float, beta_start: float
-) -> None:
+def warn_if_warmup_incomplete(total_steps: int, objective: Objective) -> None:
     """Warn when training stops after ``total_steps`` steps, before the KL warm-up ends."""
-    if 0 < total_steps < warmup_steps:
-        reached = kl_weight(total_steps, warmup_steps, beta, beta_start)
+    if 0 < total_steps < objective.warmup_steps:
+        reached = objective.kl_weight(total_steps)
         warnings.warn(
             f"training ends after {total_steps} steps, before the KL warm-up "
-            f"({warmup_steps} steps) completes: β reaches only {reached:.3g} of {beta:g}, so "
-            "the objective optimised is not the ELBO",
+            f"({objective.warmup_steps} steps) completes: β reaches only {reached:.3g} of "
+            f"{objective.beta:g}, so the objective optimised is not the ELBO",
             stacklevel=2,
         )

@@ -20,96 +20,97 @@ from aevb.evaluation import fixed_randomness
 from aevb.models import VAE
 
 
-def image_grid(
-    images: np.ndarray, image_shape: Sequence[int], ncols: int | None = None, pad: int = 1
-) -> np.ndarray:
-    """Tile images: (N, H·W) → one (rows·(H+pad), cols·(W+pad)) array, padding at 1.0."""
-    height, width = image_shape
-    n = len(images)
+def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile images (N, C, H, W) into one (rows·(H+pad) − pad, cols·(W+pad) − pad) array for
+    grey images (C = 1), or the same with 3 colour channels last (C = 3); padding at 1.0."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected (N, C, H, W) images with 1 or 3 channels, got {images.shape}")
+    n, channels, height, width = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    grid = np.ones((nrows * (height + pad) - pad, ncols * (width + pad) - pad), dtype=np.float32)
-    for index, image in enumerate(np.asarray(images, dtype=np.float32)):
+    grid = np.ones(
+        (nrows * (height + pad) - pad, ncols * (width + pad) - pad, channels), dtype=np.float32
+    )
+    for index, image in enumerate(images):
         r, c = divmod(index, ncols)
         top, left = r * (height + pad), c * (width + pad)
-        grid[top : top + height, left : left + width] = image.reshape(height, width)
-    return grid
+        grid[top : top + height, left : left + width] = image.transpose(1, 2, 0)
+    return grid[..., 0] if channels == 1 else grid
 
 
 def save_image_grid(
     images: np.ndarray | Tensor,
-    image_shape: Sequence[int],
     path: str | Path,
     ncols: int | None = None,
     min_pixels: int = 400,
 ) -> None:
-    """Write images (N, H·W), values in [0, 1] (clipped), as a grey-scale grid PNG.
+    """Write images (N, C, H, W), values in [0, 1] (clipped), as a grid PNG (grey or colour).
 
     Each image pixel becomes a k×k block (nearest neighbour), k chosen so the longer side of
     the file is at least ``min_pixels`` pixels.
     """
     if isinstance(images, Tensor):
         images = images.detach().cpu().numpy()
-    grid = np.clip(image_grid(images, image_shape, ncols), 0.0, 1.0)
-    k = max(1, math.ceil(min_pixels / max(grid.shape)))
-    imsave(path, np.kron(grid, np.ones((k, k), dtype=grid.dtype)), cmap="gray", vmin=0, vmax=1)
+    grid = np.clip(image_grid(images, ncols), 0.0, 1.0)
+    k = max(1, math.ceil(min_pixels / max(grid.shape[:2])))
+    block = np.ones((k, k) + (1,) * (grid.ndim - 2), dtype=grid.dtype)
+    imsave(path, np.kron(grid, block), cmap="gray", vmin=0, vmax=1)
 
 
 def save_reconstructions(
-    originals: Tensor,
-    reconstructions: Tensor,
-    image_shape: Sequence[int],
-    path: str | Path,
-    ncols: int = 8,
+    originals: Tensor, reconstructions: Tensor, path: str | Path, ncols: int = 8
 ) -> None:
-    """Rows of originals (odd rows), each followed by their reconstructions (even rows)."""
+    """Rows of originals (odd rows), each followed by their reconstructions (even rows).
+    Shapes: (N, C, H, W)."""
     rows = []
     for start in range(0, len(originals), ncols):
         rows += [originals[start : start + ncols], reconstructions[start : start + ncols]]
         missing = ncols - len(rows[-1])
         if missing:  # pad a short last pair of rows with blank images
-            blank = torch.ones(missing, originals.shape[1])
+            blank = torch.ones(missing, *originals.shape[1:])
             rows[-2:] = [torch.cat((row.cpu(), blank)) for row in rows[-2:]]
     stacked = torch.cat([row.cpu() for row in rows])
-    save_image_grid(stacked, image_shape, path, ncols=ncols)
+    save_image_grid(stacked, path, ncols=ncols)
 
 
-def plot_training_curves(history: Sequence[dict], path: str | Path) -> None:
-    """Train and validation ELBO (nats per example) against epoch."""
+METRIC_LABELS = {
+    "elbo": "ELBO (nats per example)",
+    "reconstruction": "reconstruction log p(x | z) (nats per example)",
+}
+
+
+def plot_training_curves(history: Sequence[dict], path: str | Path, metric: str = "elbo") -> None:
+    """The judged ``metric`` (``elbo`` or ``reconstruction``), train and validation, against
+    epoch."""
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     epochs = [record["epoch"] for record in history]
-    axes.plot(epochs, [r["train_elbo"] for r in history], marker=".", label="train")
-    if history and "val_elbo" in history[0]:
-        axes.plot(epochs, [r["val_elbo"] for r in history], marker=".", label="validation")
+    for split, label in (("train", "train"), ("val", "validation")):
+        key = f"{split}_{metric}"
+        if history and key in history[0]:
+            axes.plot(epochs, [r[key] for r in history], marker=".", label=label)
     axes.set_xlabel("epoch")
-    axes.set_ylabel("ELBO (nats per example)")
+    axes.set_ylabel(METRIC_LABELS.get(metric, metric))
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
-def write_run_plots(
-    run_dir: str | Path,
-    model: VAE,
-    test_x: Tensor,
-    image_shape: Sequence[int] | None,
-    history: Sequence[dict],
-    num_images: int = 64,
+def write_image_plots(
+    run_dir: str | Path, model: VAE, test_x: Tensor, inverse=None, num_images: int = 64
 ) -> None:
-    """``curves.png`` always; ``samples.png`` and ``reconstructions.png`` for image data."""
+    """``samples.png`` and ``reconstructions.png`` in ``run_dir``, for image data (N, C, H, W);
+    ``inverse`` maps model outputs back to the data's units."""
     run_dir = Path(run_dir)
-    if history:
-        plot_training_curves(history, run_dir / "curves.png")
-    if image_shape is None or len(image_shape) != 2:
-        return
+    inverse = inverse or (lambda values: values)
     with fixed_randomness(0, test_x.device):
         samples = model.sample(num_images)
-    save_image_grid(samples, image_shape, run_dir / "samples.png")
+    save_image_grid(inverse(samples), run_dir / "samples.png")
     originals = test_x[:16]
     save_reconstructions(
-        originals, model.reconstruct(originals), image_shape, run_dir / "reconstructions.png"
+        inverse(originals), inverse(model.reconstruct(originals)), run_dir / "reconstructions.png"
     )
 
 
@@ -159,28 +160,26 @@ def plot_curves(
 
 
 def save_manifolds(
-    panels: Sequence[tuple[str, np.ndarray, Sequence[int]]], grid_size: int, path: str | Path
+    panels: Sequence[tuple[str, np.ndarray]], grid_size: int, path: str | Path
 ) -> None:
-    """The paper's Fig. 4: per (title, images (grid_size², H·W), image_shape), the decoded
-    grid of 2-D latents as one image, side by side."""
+    """The paper's Fig. 4: per (title, images (grid_size², C, H, W)), the decoded grid of 2-D
+    latents as one image, side by side."""
     figure = Figure(figsize=(5 * len(panels), 5.4))
     axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
-    for axes, (name, images, shape) in zip(axes_list, panels, strict=True):
-        axes.imshow(image_grid(images, shape, ncols=grid_size), cmap="gray", vmin=0, vmax=1)
+    for axes, (name, images) in zip(axes_list, panels, strict=True):
+        axes.imshow(image_grid(images, ncols=grid_size), cmap="gray", vmin=0, vmax=1)
         axes.set_title(f"{name}: learned 2-D manifold")
         axes.set_axis_off()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
-def save_sample_panels(
-    panels: Sequence[tuple[str, np.ndarray]], image_shape: Sequence[int], path: str | Path
-) -> None:
-    """The paper's Fig. 5: per (title, images (N, H·W)) a grid of samples, side by side."""
+def save_sample_panels(panels: Sequence[tuple[str, np.ndarray]], path: str | Path) -> None:
+    """The paper's Fig. 5: per (title, images (N, C, H, W)) a grid of samples, side by side."""
     figure = Figure(figsize=(3.5 * len(panels), 3.8))
     axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
     for axes, (name, images) in zip(axes_list, panels, strict=True):
-        axes.imshow(np.clip(image_grid(images, image_shape), 0, 1), cmap="gray", vmin=0, vmax=1)
+        axes.imshow(np.clip(image_grid(images), 0, 1), cmap="gray", vmin=0, vmax=1)
         axes.set_title(name)
         axes.set_axis_off()
     figure.tight_layout()

@@ -1,17 +1,18 @@
 """A scikit-learn estimator over aevb's core: ``from aevb.sklearn import VAE``.
 
-``fit`` trains with the same :class:`~aevb.training.Trainer`, model and objectives as
-``aevb train`` (in a temporary run folder that is removed afterwards); ``transform`` gives
-posterior means, ``inverse_transform`` decoder means, ``sample`` draws from the model,
-``score_samples`` the importance-sampled log-likelihood of each row (nats; higher is more
-normal) and ``score`` its mean. For Gaussian likelihoods the features are standardised
-internally (undone by ``inverse_transform`` and ``sample``; ``score_samples`` includes the
-Jacobian, so it is the log-density of the data as given).
+``fit`` and ``partial_fit`` train through the same :class:`~aevb.train.Trainer`, model
+factory, objectives and data path (:mod:`aevb.data`: transforms and loader) as ``aevb
+train``, with no run folder; ``transform`` gives posterior means, ``inverse_transform``
+decoder means, ``sample`` draws from the model, ``score_samples`` the importance-sampled
+log-likelihood of each row (nats; higher is more normal) and ``score`` its mean. For Gaussian
+likelihoods the features are standardised (a recorded :class:`~aevb.data.Standardize`, undone
+by ``inverse_transform`` and ``sample``; ``score_samples`` includes the Jacobian, so it is the
+log-density of the data as given); for a Bernoulli likelihood grey values in [0, 1] are
+binarized as ``aevb train`` does: a fresh draw each epoch in training, one fixed draw when
+scoring.
 """
 
 from __future__ import annotations
-
-import tempfile
 
 import numpy as np
 import torch
@@ -20,20 +21,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
-from aevb.data import Dataset
+from aevb.builders import mlp
+from aevb.data import Standardize, TensorLoader, choose_transforms
+from aevb.devices import resolve_device
 from aevb.evaluation import fixed_randomness, log_likelihood_per_example
-from aevb.models import VAE as _VAE
-from aevb.models import ModelConfig
 from aevb.objectives import make_objective
-from aevb.training import (
-    BEST,
-    TrainConfig,
-    Trainer,
-    load_weights,
-    make_optimizer,
-    resolve_device,
-    training_loss,
-)
+from aevb.train import BestWeights, EarlyStopping, ProgressBar, Trainer, Validation, make_optimizer
 
 __all__ = ["VAE"]
 
@@ -98,61 +91,80 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None) -> VAE:
         """Fit to X: (n_samples, n_features). ``y`` is ignored."""
         X = self._validate(X, reset=True)
-        self._set_scaling(X)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        rows = self._scaled(X)
-        held = np.zeros(len(rows), dtype=bool)
+        self._start(X, seed)
+        held = np.zeros(len(X), dtype=bool)
         if self.early_stopping:
-            count = max(1, round(self.validation_fraction * len(rows)))
-            if count >= len(rows):
+            count = max(1, round(self.validation_fraction * len(X)))
+            if count >= len(X):
                 raise ValueError("early_stopping needs more samples than the validation split")
-            held[np.random.default_rng(seed).permutation(len(rows))[:count]] = True
-        train, val = rows[~held], rows[held]
-        dataset = Dataset("array", train, val, val if len(val) else train[:1], None, self._binary)
-        config = self._config(seed)
-        with tempfile.TemporaryDirectory(prefix="aevb-sklearn-") as run_dir:
-            trainer = Trainer(config, run_dir, dataset, progress=self.verbose)
-            trainer.fit(finish=False)
-            if self.early_stopping and trainer.state.best_epoch > 0:
-                trainer.model.load_state_dict(load_weights(trainer.run_dir / BEST))
-        self.model_ = trainer.model.eval()
-        self.optimizer_ = trainer.optimizer
-        self.history_ = trainer.state.history
-        self.n_iter_ = trainer.state.epoch
-        self._n_features_out = self.latent_dim
+            held[np.random.default_rng(seed).permutation(len(X))[:count]] = True
+        callbacks = []
+        best = BestWeights()
+        if self.early_stopping:
+            val = self.transforms_.prepare(self._tensor(X[held]))
+            callbacks += [
+                Validation(val, self.transforms_.log_abs_det_jacobian),
+                EarlyStopping(self.n_iter_no_change),
+                best,
+            ]
+        trainer = self._trainer(X[~held], callbacks)
+        state = trainer.fit(self.epochs)
+        best.restore(trainer)
+        self.model_.eval()
+        self.history_ = state.history
+        self.n_iter_ = state.epoch
         return self
 
     def partial_fit(self, X, y=None) -> VAE:
-        """One pass over X (one chunk of a stream): minibatch AEVB steps that continue the
-        model and optimiser of earlier calls. The first call (without ``fit``) builds the
-        model and fixes the standardisation from that chunk."""
+        """One pass over X (one chunk of a stream): minibatch AEVB steps, through the same
+        Trainer and data path as ``fit``, that continue the model and optimiser of earlier
+        calls. The first call (without ``fit``) builds the model and fixes the standardisation
+        (or binarization) from that chunk."""
         first = not hasattr(self, "model_")
         X = self._validate(X, reset=first)
         if first:
-            self._set_scaling(X)
-            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-            config = self._config(seed)
-            torch.manual_seed(seed)
-            self.model_ = _VAE(self._model_config(config)).to(resolve_device(self.device))
-            self.optimizer_ = make_optimizer(config, self.model_.parameters())
+            self._start(X, int(check_random_state(self.random_state).randint(2**31 - 1)))
             self.history_, self.n_iter_ = [], 0
-            self._n_features_out = self.latent_dim
-        objective = make_objective(self.objective, self.num_samples)
-        x = self._tensor(self._scaled(X))
-        beta = torch.tensor(float(self.beta), device=x.device)
-        self.model_.train()
-        for start in range(0, len(x), self.batch_size):
-            self.optimizer_.zero_grad(set_to_none=True)
-            loss, _ = training_loss(
-                self.model_, objective, x[start : start + self.batch_size], beta
-            )
-            if not torch.isfinite(loss):
-                raise FloatingPointError("partial_fit: the loss is not finite; lower lr")
-            loss.backward()
-            self.optimizer_.step()
+        self._trainer(X, []).fit(1)
         self.model_.eval()
         self.n_iter_ += 1
         return self
+
+    def _start(self, X: np.ndarray, seed: int) -> None:
+        """Build the model and optimiser and decide the data's transforms from X."""
+        binary = self.likelihood == "bernoulli"
+        is_binary = bool(np.isin(X, (0.0, 1.0)).all())
+        self.transforms_, _, _ = choose_transforms(X, "X", is_binary, False, binary, None, None)
+        torch.manual_seed(seed)
+        self.model_ = mlp(
+            (X.shape[1],),
+            self.latent_dim,
+            tuple(self.hidden),
+            likelihood=self.likelihood,
+            likelihood_std=1.0,
+            posterior=self.posterior,
+        ).to(resolve_device(self.device))
+        self.objective_ = make_objective(self.objective, **self._objective_options())
+        self.optimizer_ = make_optimizer("adam", self.model_.parameters(), self.lr)
+        self._n_features_out = self.latent_dim
+        standardize = next((s for s in self.transforms_.steps if isinstance(s, Standardize)), None)
+        n = X.shape[1]
+        self.mean_ = np.zeros(n) if standardize is None else np.asarray(standardize.mean)
+        self.scale_ = np.ones(n) if standardize is None else np.asarray(standardize.scale)
+
+    def _objective_options(self) -> dict:
+        options = {"samples": self.num_samples}
+        if self.beta != 1.0:
+            options["beta"] = self.beta
+        return options
+
+    def _trainer(self, X: np.ndarray, callbacks: list) -> Trainer:
+        """A Trainer over the rows X (as given) for the estimator's model and optimiser."""
+        loader = TensorLoader(self._tensor(X), self.batch_size, self.transforms_)
+        if self.verbose:
+            callbacks = [*callbacks, ProgressBar()]
+        return Trainer(self.model_, self.objective_, loader, self.optimizer_, callbacks=callbacks)
 
     # ------------------------------------------------------------------------- inference
     def transform(self, X, return_std: bool = False):
@@ -172,67 +184,32 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"expected codes of shape (n, {self.latent_dim}), got {z.shape}")
         with torch.no_grad():
             mean = self.model_.likelihood(self._tensor(z)).mean
-        return self._unscaled(mean.cpu().numpy().astype(np.float64))
+        return self._in_data_units(mean)
 
     def sample(self, n_samples: int = 1, random_state=None, mean: bool = False) -> np.ndarray:
-        """Ancestral samples: z ~ N(0, I), then x ~ p(x|z) (the decoder mean if ``mean``),
+        """Ancestral samples: z ~ p(z), then x ~ p(x|z) (the decoder mean if ``mean``),
         in the data's units: (n_samples, n_features)."""
         check_is_fitted(self)
         seed = int(check_random_state(random_state).randint(2**31 - 1))
-        device = self._device()
-        with fixed_randomness(seed, device):
+        with fixed_randomness(seed, self._device()):
             x = self.model_.sample(n_samples, mean=mean)
-        return self._unscaled(x.cpu().numpy().astype(np.float64))
+        return self._in_data_units(x)
 
     def score_samples(self, X) -> np.ndarray:
         """log p(x) of every row (nats), by importance sampling with ``importance_samples``
-        draws from the encoder; for Gaussian likelihoods it includes −Σ log scale_, the
-        Jacobian of the standardisation. Higher is more normal."""
+        draws from the encoder, of the rows as given: for Gaussian likelihoods it includes
+        −Σ log scale_, the Jacobian of the standardisation; for a Bernoulli likelihood grey
+        rows are binarized with ``aevb score``'s fixed draw. Higher is more normal."""
         check_is_fitted(self)
-        X = self._validate(X, reset=False)
-        x = self._tensor(self._scaled(X))
+        x = self._prepared(self._validate(X, reset=False))
         values = log_likelihood_per_example(self.model_, x, self.importance_samples, seed=0)
-        return values.cpu().numpy() - np.log(self.scale_).sum()
+        return values.cpu().numpy() + self.transforms_.log_abs_det_jacobian
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood of the rows of X (nats per row): higher is better."""
         return float(self.score_samples(X).mean())
 
     # --------------------------------------------------------------------------- helpers
-    def _config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            dataset="array",
-            likelihood=self.likelihood,
-            likelihood_std=1.0,
-            squash_mean=False,
-            binarize="dynamic" if self.likelihood == "bernoulli" and not self._binary else "none",
-            latent_dim=self.latent_dim,
-            hidden=tuple(self.hidden),
-            posterior=self.posterior,
-            objective=self.objective,
-            samples=self.num_samples,
-            beta=self.beta,
-            optimizer="adam",
-            lr=self.lr,
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            patience=self.n_iter_no_change if self.early_stopping else None,
-            seed=seed,
-            device=self.device,
-            compile=False,
-        )
-
-    def _model_config(self, config: TrainConfig) -> ModelConfig:
-        return ModelConfig(
-            data_dim=self.n_features_in_,
-            latent_dim=config.latent_dim,
-            hidden=config.hidden,
-            likelihood=config.likelihood,
-            likelihood_std=config.likelihood_std,
-            squash_mean=False,
-            posterior=config.posterior,
-        )
-
     def _validate(self, X, reset: bool) -> np.ndarray:
         """X as a float64 array, refusing sparse input and naming a column with NaN or inf."""
         X = validate_data(
@@ -247,21 +224,6 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError("the Bernoulli likelihood needs features in [0, 1]")
         return X
 
-    def _set_scaling(self, X: np.ndarray) -> None:
-        self._binary = bool(np.isin(X, (0.0, 1.0)).all())
-        if self.likelihood == "bernoulli":
-            self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
-            return
-        self.mean_ = X.mean(0)
-        scale = X.std(0)
-        self.scale_ = np.where(scale > 0, scale, 1.0)
-
-    def _scaled(self, X: np.ndarray) -> np.ndarray:
-        return ((X - self.mean_) / self.scale_).astype(np.float32)
-
-    def _unscaled(self, X: np.ndarray) -> np.ndarray:
-        return X * self.scale_ + self.mean_
-
     def _device(self) -> torch.device:
         return next(self.model_.parameters()).device
 
@@ -269,8 +231,15 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         device = self._device() if hasattr(self, "model_") else resolve_device(self.device)
         return torch.as_tensor(np.asarray(values, dtype=np.float32), device=device)
 
+    def _prepared(self, X: np.ndarray) -> Tensor:
+        """Rows as given → the model's space (the fitted transforms, deterministically)."""
+        return self.transforms_.prepare(self._tensor(X))
+
+    def _in_data_units(self, x: Tensor) -> np.ndarray:
+        return self.transforms_.inverse(x.double()).cpu().numpy()
+
     def _posterior(self, X):
         check_is_fitted(self)
-        X = self._validate(X, reset=False)
+        x = self._prepared(self._validate(X, reset=False))
         with torch.no_grad():
-            return self.model_.posterior(self._tensor(self._scaled(X)))
+            return self.model_.posterior(x)

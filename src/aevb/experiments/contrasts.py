@@ -35,19 +35,14 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from aevb.data import Dataset, load_dataset
+from aevb.builders import mlp
+from aevb.data import Dataset, TensorLoader, load_dataset
 from aevb.errors import AevbError, ConfigError
-from aevb.models import VAE, ModelConfig
+from aevb.models import VAE
 from aevb.objectives import make_objective
 from aevb.plots import image_grid
-from aevb.training import (
-    CONFIG_FILE,
-    TrainConfig,
-    binarize_once,
-    load_model,
-    read_run_config,
-    train,
-)
+from aevb.runs import CONFIG_FILE, TrainConfig, load_run, train
+from aevb.train import Callback, Trainer, make_optimizer
 
 __all__ = [
     "autoencoder_vs_vae",
@@ -165,13 +160,15 @@ AE_VAE_METRICS: dict[str, str] = {
 
 @torch.no_grad()
 def _decode(model: VAE, z: Tensor, batch: int = 4096) -> Tensor:
-    """Decoder means for z: (N, latent_dim) → (N, data_dim)."""
-    return torch.cat([model.likelihood(z[s : s + batch]).mean for s in range(0, len(z), batch)])
+    """Decoder means for z: (N, latent_dim) → (N, data_dim), flattened."""
+    means = [model.likelihood(z[s : s + batch]).mean for s in range(0, len(z), batch)]
+    return torch.cat(means).flatten(1)
 
 
 @torch.no_grad()
 def _encode(model: VAE, x: Tensor, batch: int = 4096) -> tuple[Tensor, Tensor]:
-    """Posterior means and variances of q(z|x) for x: (N, D) → two (N, latent_dim) tensors."""
+    """Posterior means and variances of q(z|x) for x: (N, *data_shape) → two (N, latent_dim)
+    tensors."""
     means, variances = [], []
     for s in range(0, len(x), batch):
         q = model.posterior(x[s : s + batch])
@@ -287,7 +284,7 @@ def _plot_ae_vae(
     test_grey: np.ndarray,
     pairs: np.ndarray,
     labels: np.ndarray | None,
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, ...],
     num_show: int = 6,
     num_draws: int = 48,
 ) -> None:
@@ -308,7 +305,7 @@ def _plot_ae_vae(
         ncols = paths.shape[1] + 2
         axes = figure.add_subplot(grid[0, column])
         axes.imshow(
-            image_grid(np.array(tiles), image_shape, ncols=ncols),
+            image_grid(np.array(tiles).reshape(-1, *image_shape), ncols=ncols),
             cmap="gray",
             vmin=0,
             vmax=1,
@@ -327,7 +324,7 @@ def _plot_ae_vae(
             axes = figure.add_subplot(grid[row, column])
             draws = np.clip(images[name][key][:num_draws], 0, 1)
             axes.imshow(
-                image_grid(draws, image_shape, ncols=8),
+                image_grid(draws.reshape(-1, *image_shape), ncols=8),
                 cmap="gray",
                 vmin=0,
                 vmax=1,
@@ -422,9 +419,8 @@ def autoencoder_vs_vae(
             raise AevbError(f"{out_dir} already holds contrast runs; choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(dataset, data_dir, progress=progress)
-    if data.image_shape is None or len(data.image_shape) != 2:
+    if not data.is_image:
         raise AevbError(f"{dataset} is not an image dataset; this contrast decodes images")
-    image_shape = (int(data.image_shape[0]), int(data.image_shape[1]))
     summaries, models = {}, {}
     for name, objective in zip(MODELS, ("autoencoder", "sgvb-b"), strict=True):
         config = TrainConfig(
@@ -441,18 +437,23 @@ def autoencoder_vs_vae(
             device=device,
         )
         summaries[name] = train(config, out_dir / "runs" / name, dataset=data, progress=progress)
-        models[name] = load_model(out_dir / "runs" / name, which="last")
-    binarize = read_run_config(out_dir / "runs" / "vae")["train"]["binarize"]
+        models[name] = load_run(out_dir / "runs" / name, which="last").model
+    vae_run = load_run(out_dir / "runs" / "vae", which="last")
+    binarize = vae_run.config.binarize
+    # Flat grey images, for distances between images.
+    train_grey, test_grey, val_grey = (
+        split.reshape(len(split), -1) for split in (data.train, data.test, data.val)
+    )
 
     rng = np.random.default_rng(seed)
-    test_x = binarize_once(data.test, binarize)
+    test_x = vae_run.prepare(data.test)
     recon_index = rng.permutation(len(test_x))[: min(num_points, len(test_x))]
     num_draws = len(recon_index)  # as many draws as reconstructions, for the coverage ratio
     val_rows = rng.permutation(len(data.val))[:num_points]
     if len(val_rows) == 0:
         raise AevbError("the coverage measurement needs a validation split (val_fraction > 0)")
     train_rows = rng.permutation(len(data.train))[:10_000]
-    train_codes_x = binarize_once(data.train[np.sort(train_rows)], binarize)
+    train_codes_x = vae_run.prepare(data.train[np.sort(train_rows)])
     pairs = _pairs(num_pairs, data.test_labels, len(test_x), rng)
     eps = torch.randn(num_draws, latent_dim, generator=torch.Generator().manual_seed(seed))
     metrics, images = {}, {}
@@ -461,8 +462,8 @@ def autoencoder_vs_vae(
             models[name],
             test_x,
             train_codes_x,
-            data.train,
-            data.val[np.sort(val_rows)],
+            train_grey,
+            val_grey[np.sort(val_rows)],
             recon_index,
             pairs,
             eps,
@@ -472,7 +473,7 @@ def autoencoder_vs_vae(
     metrics["vae"]["test_elbo"] = summaries["vae"]["test_elbo"]
     metrics["autoencoder"]["test_elbo"] = None
     metrics["autoencoder"]["aggregate_kl"] = None
-    test_nn = nearest_neighbour_distance(data.test[recon_index], data.train)
+    test_nn = nearest_neighbour_distance(test_grey[recon_index], train_grey)
     reference = {"test_images_nn_mse": float(test_nn.mean())}
     settings = {
         "dataset": dataset,
@@ -482,7 +483,7 @@ def autoencoder_vs_vae(
         "seed": seed,
         "batch_size": batch_size,
         "lr": lr,
-        "likelihood": read_run_config(out_dir / "runs" / "vae")["train"]["likelihood"],
+        "likelihood": vae_run.config.likelihood,
         "binarize": binarize,
         "num_points": len(recon_index),
         "num_pairs": num_pairs,
@@ -506,10 +507,10 @@ def autoencoder_vs_vae(
         out_dir / "contrast-ae-vae.png",
         images,
         metrics,
-        data.test,
+        test_grey,
         pairs,
         data.test_labels,
-        image_shape,
+        data.event_shape,
     )
     lines = [
         f"# Autoencoder vs VAE on {dataset}",
@@ -594,7 +595,7 @@ def linear_gaussian_elbo(
 
 def _linear_weights(model: VAE) -> tuple[np.ndarray, np.ndarray]:
     """The decoder N(Wz + b, σ²I) of a ``hidden=()`` model: W (D, k), b (D,), float64."""
-    (layer,) = model.decoder.net
+    (layer,) = model.decoder.network.layers
     return (
         layer.weight.detach().double().numpy().copy(),
         layer.bias.detach().double().numpy().copy(),
@@ -618,6 +619,18 @@ def _matched_columns(reference: np.ndarray, columns: np.ndarray) -> tuple[np.nda
     return matched, np.abs(cosines[rows, order])
 
 
+class _EveryEpochs(Callback):
+    """Calls ``check(epoch)`` every ``every`` epochs and after the last one."""
+
+    def __init__(self, check, every: int):
+        self.check, self.every = check, every
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        epoch = trainer.state.epoch
+        if epoch % self.every == 0 or epoch == trainer.epochs:
+            self.check(epoch)
+
+
 def _fit_linear(
     model: VAE,
     objective_name: str,
@@ -629,27 +642,27 @@ def _fit_linear(
     on_check,
     check_every: int,
 ) -> float:
-    """Adam on ``objective_name`` with a cosine-annealed learning rate; returns seconds.
+    """Adam on ``objective_name`` with a cosine-annealed learning rate, through the Trainer
+    (no validation or checkpoints: an epoch here is one full-batch step); returns seconds.
 
     ``on_check(epoch)`` is called every ``check_every`` epochs and after the last one.
     """
     objective = make_objective(objective_name)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
+    optimiser = make_optimizer("adam", model.parameters(), lr)
+    loader = TensorLoader(x, batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * len(loader))
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for epoch in range(1, epochs + 1):
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), batch_size):
-                optimiser.zero_grad(set_to_none=True)
-                objective(model, x[order[start : start + batch_size]]).loss.backward()
-                optimiser.step()
-                schedule.step()
-            if epoch % check_every == 0 or epoch == epochs:
-                on_check(epoch)
+        trainer = Trainer(
+            model,
+            objective,
+            loader,
+            optimiser,
+            schedule,
+            callbacks=[_EveryEpochs(on_check, check_every)],
+        )
+        trainer.fit(epochs)
     return time.perf_counter() - started
 
 
@@ -685,7 +698,7 @@ def _check_ae(
     The affine maps x → code → x̂ are applied in float64, so the Eckart–Young bound
     error ≥ Σ_{j>k} λ_j holds for the recorded value up to float64 rounding.
     """
-    (encoder,) = model.encoder.net
+    (encoder,) = model.encoder.network.layers
     k = model.latent_dim
     A = encoder.weight.detach().double().numpy()[:k]
     c = encoder.bias.detach().double().numpy()[:k]
@@ -875,16 +888,15 @@ def pca_vs_linear_vae(
     if problems:
         raise ConfigError("invalid contrast settings: " + "; ".join(problems))
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_x = torch.from_numpy(data.train)
-    train64 = data.train.astype(np.float64)
-    test64 = data.test.astype(np.float64)
+    # The linear models work on flat vectors.
+    train_flat = np.ascontiguousarray(data.train.reshape(len(data.train), -1))
+    test_flat = np.ascontiguousarray(data.test.reshape(len(data.test), -1))
+    train_x = torch.from_numpy(train_flat)
+    train64 = train_flat.astype(np.float64)
+    test64 = test_flat.astype(np.float64)
     data_dim = data.data_dim
     batch = len(train_x) if batch_size is None else batch_size
-    image_shape = (
-        (int(data.image_shape[0]), int(data.image_shape[1]))
-        if data.image_shape is not None and len(data.image_shape) == 2
-        else None
-    )
+    image_shape = data.event_shape[1:] if data.is_image and data.event_shape[0] == 1 else None
     results: dict[int, dict] = {}
     curves: dict[int, list[dict]] = {}
     shown_k = sorted(latent_dims)[len(latent_dims) // 2]
@@ -896,12 +908,13 @@ def pca_vs_linear_vae(
         sigma = math.sqrt(noise_variance)
         pca_error = float(eigenvalues[k:].sum())  # minimum mean ‖x − x̂‖² of rank-k maps
         train_ll_ppca = ppca_log_likelihood(train64, W_ppca, b_ppca, noise_variance)
-        config = ModelConfig(data_dim, k, hidden=(), likelihood="gaussian", likelihood_std=sigma)
         models = {}
         for name in ("ae", "vae"):
             with torch.random.fork_rng():  # the same initial networks for both
                 torch.manual_seed(seed)
-                models[name] = VAE(config)
+                models[name] = mlp(
+                    (data_dim,), k, hidden=(), likelihood="gaussian", likelihood_std=sigma
+                )
         records: dict[int, dict] = {}
         checks = {
             "ae": functools.partial(_check_ae, models["ae"], train64, pca_error, records),
@@ -938,7 +951,7 @@ def pca_vs_linear_vae(
         W_vae, b_vae = _linear_weights(models["vae"])
         W_ae, _ = _linear_weights(models["ae"])
         with torch.no_grad():
-            q = models["vae"].posterior(torch.from_numpy(data.test))
+            q = models["vae"].posterior(torch.from_numpy(test_flat))
         ll_vae = ppca_log_likelihood(test64, W_vae, b_vae, noise_variance)
         ll_ppca = ppca_log_likelihood(test64, W_ppca, b_ppca, noise_variance)
         ll_fewer = ppca_log_likelihood(test64, W_fewer, b_fewer, noise_fewer)

@@ -1,4 +1,5 @@
-"""The AEVB loop: learning, seeds, checkpoints and exact resumption, settings checks."""
+"""Run folders over the one loop: learning, seeds, checkpoints and exact resumption, what a
+run records (transforms, model factory), settings checks before anything is written."""
 
 from __future__ import annotations
 
@@ -8,19 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from aevb import checkpoints
-from aevb.data import Dataset
+from aevb import heads, priors
+from aevb.builders import ModelSpec, model_factory
+from aevb.data import Dataset, DynamicBinarization
 from aevb.errors import AevbError, ConfigError
-from aevb.training import (
-    LAST,
-    DynamicBinarization,
-    TrainConfig,
-    Trainer,
-    load_model,
-    resume,
-    train,
-)
+from aevb.models import VAE, Decoder, Encoder
+from aevb.runs import LAST, TrainConfig, load_model, load_run, read_run, resume, train
+from aevb.train import Callback
+from aevb.train import checkpoint as checkpoints
 
 
 def _parameters(run_dir, which="last"):
@@ -48,7 +46,8 @@ def test_digits_run_improves_elbo_and_writes_run_folder(tmp_path, digits):
         json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
     ]
     assert [r["epoch"] for r in history] == list(range(1, 16))
-    assert {"epoch", "train_elbo", "val_elbo", "seconds"} <= history[0].keys()
+    assert {"epoch", "train_elbo", "val_elbo", "epoch_seconds"} <= history[0].keys()
+    assert all(r["epoch_seconds"] > 0 for r in history)
     # The validation ELBO of a 64-dimensional binary image starts near −44 nats (64·log 2) and
     # this model reaches about −29; a 5-nat gain is far outside evaluation noise.
     assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 5
@@ -66,7 +65,9 @@ def test_digits_run_improves_elbo_and_writes_run_folder(tmp_path, digits):
         assert (tmp_path / "run" / name).is_file(), name
     run = json.loads((tmp_path / "run/config.json").read_text())
     assert run["train"]["binarize"] == "dynamic" and run["train"]["likelihood"] == "bernoulli"
-    assert run["data"]["image_shape"] == [8, 8]
+    assert run["data"]["event_shape"] == [1, 8, 8]
+    assert run["data"]["transforms"] == [{"kind": "binarize", "mode": "dynamic"}]
+    assert run["model"]["factory"] == "aevb.builders:mlp" and run["format"] == 2
 
 
 def test_same_seed_same_bits_other_seed_differs(tmp_path, digits, quick_config):
@@ -79,8 +80,8 @@ def test_same_seed_same_bits_other_seed_differs(tmp_path, digits, quick_config):
         )
     _assert_identical(_parameters(tmp_path / "a"), _parameters(tmp_path / "b"))
     assert not torch.equal(
-        _parameters(tmp_path / "a")["encoder.net.0.weight"],
-        _parameters(tmp_path / "c")["encoder.net.0.weight"],
+        _parameters(tmp_path / "a")["encoder.network.layers.0.weight"],
+        _parameters(tmp_path / "c")["encoder.network.layers.0.weight"],
     )
 
 
@@ -88,16 +89,32 @@ class _Crash(Exception):
     pass
 
 
-def _train_and_crash_after(config, run_dir, dataset, epochs_done: int) -> None:
-    """Start a run that dies (an exception, as a kill would) once ``epochs_done`` epochs are
-    checkpointed."""
+class CrashAfter(Callback):
+    """Dies (an exception, as a kill would) once ``epochs`` epochs, or ``steps`` steps, are
+    done and checkpointed (it runs after the run folder's own checkpoint callback)."""
 
-    def crash(trainer):
-        if trainer.state.epoch == epochs_done:
+    def __init__(self, epochs: int | None = None, steps: int | None = None):
+        self.epochs, self.steps = epochs, steps
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.state.epoch == self.epochs:
             raise _Crash
 
+    def on_step_end(self, trainer):
+        if trainer.state.step == self.steps:
+            raise _Crash
+
+
+def _train_and_crash_after(config, run_dir, dataset, epochs_done: int, **kwargs) -> None:
     with pytest.raises(_Crash):
-        train(config, run_dir, dataset=dataset, progress=False, on_epoch_end=crash)
+        train(
+            config,
+            run_dir,
+            dataset=dataset,
+            progress=False,
+            callbacks=[CrashAfter(epochs_done)],
+            **kwargs,
+        )
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
@@ -121,25 +138,20 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, digits, quick_co
 
 
 def test_mid_epoch_checkpoints_resume_exactly(tmp_path, digits, quick_config):
-    """Checkpoints every 5 steps (epochs have 17); resume from one written mid-epoch."""
+    """Checkpoints every 5 steps (epochs have 21); resume from one written mid-epoch."""
     config = dataclasses.replace(quick_config, epochs=3, checkpoint_every=5)
     train(config, tmp_path / "whole", dataset=digits, progress=False)
-    trainer = Trainer(config, tmp_path / "split", dataset=digits, progress=False)
-    trainer.start()
-    trainer.train_epoch()
-    # Simulate a kill just after the step-25 checkpoint (epoch 2, step 8 of 17).
-    saved = trainer.save
-
-    def save_then_die(path):
-        saved(path)
-        if trainer.state.step == 25:
-            raise _Crash
-
-    trainer.save = save_then_die
+    # A kill just after the step-25 checkpoint (epoch 2, step 4 of 21).
     with pytest.raises(_Crash):
-        trainer.train_epoch()
+        train(
+            config,
+            tmp_path / "split",
+            dataset=digits,
+            progress=False,
+            callbacks=[CrashAfter(steps=25)],
+        )
     _, metadata = checkpoints.load_checkpoint(tmp_path / "split" / LAST)
-    assert metadata["state"]["step_in_epoch"] == 25 - trainer.steps_per_epoch
+    assert metadata["state"]["step"] == 25 and metadata["state"]["step_in_epoch"] == 4
     resume(tmp_path / "split", dataset=digits, progress=False)
     _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
 
@@ -209,7 +221,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
 def _grey(n=40, d=6, low=0.0, high=1.0):
     rng = np.random.default_rng(0)
     x = rng.uniform(low, high, (n, d)).astype(np.float32)
-    return Dataset("grey", x[:30], x[30:35], x[35:], None, binary=False)
+    return Dataset("grey", x[:30], x[30:35], x[35:], binary=False)
 
 
 def test_bernoulli_on_grey_values_without_binarization_is_refused(tmp_path):
@@ -229,6 +241,8 @@ def test_gaussian_likelihood_is_chosen_for_real_valued_data(tmp_path):
     summary = train(config, tmp_path / "run", dataset=_grey(low=-2.0, high=3.0), progress=False)
     run = json.loads((tmp_path / "run/config.json").read_text())
     assert run["train"]["likelihood"] == "gaussian-learned" and run["train"]["binarize"] == "none"
+    assert run["train"]["standardize"] is True  # a table: standardised by default
+    assert run["data"]["transforms"][0]["kind"] == "standardize"
     assert np.isfinite(summary["test_elbo"])
     assert not (tmp_path / "run/samples.png").exists()  # tables get no image grids
 
@@ -304,7 +318,7 @@ def test_other_objectives_and_posteriors_train_and_resume_exactly(
 
 
 def test_free_bits_with_iwae_is_refused(tmp_path, digits, quick_config):
-    with pytest.raises(ConfigError, match="free bits"):
+    with pytest.raises(ConfigError, match="--free-bits does not apply to the iwae objective"):
         train(
             dataclasses.replace(quick_config, objective="iwae", free_bits=0.5),
             tmp_path / "r",
@@ -331,3 +345,180 @@ def test_dynamic_binarization_is_bernoulli_of_the_grey_values(zero_fraction):
     assert torch.equal(frequency[grey == 1], grey[grey == 1])
     standard_error = (grey * (1 - grey) / 4000).sqrt()
     assert ((frequency - grey).abs() <= 4 * standard_error + 1e-7).all()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"posterior": "full", "free_bits": 0.5}, "free bits need a diagonal posterior"),
+        ({"prior": "vamp", "free_bits": 0.5}, "free bits need a factorised prior"),
+        ({"objective": "autoencoder", "beta": 0.5}, "--beta does not apply to the autoencoder"),
+        ({"objective": "autoencoder", "warmup_steps": 100}, "--warmup-steps does not apply"),
+        ({"objective": "sgvb-b", "baseline": "mean"}, "--baseline does not apply"),
+        ({"prior_components": 5}, "--prior-components applies to the mixture and vamp"),
+        ({"channels": (8, 16)}, "--channels applies to --architecture conv only"),
+        ({"likelihood": "bernoulli", "likelihood_std": 0.5}, "--likelihood-std applies"),
+    ],
+)
+def test_invalid_option_pairs_are_refused_before_the_run_folder_exists(
+    tmp_path, quick_config, changes, message
+):
+    with pytest.raises(ConfigError, match=message):
+        train(dataclasses.replace(quick_config, **changes), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_dependent_refusals_also_come_before_the_run_folder(tmp_path, quick_config):
+    """A conv net for a table, or standardised data for a Bernoulli likelihood, are found when
+    the data are read — still before anything is written, so the corrected command runs."""
+    table = _grey(low=-2.0, high=3.0)
+    with pytest.raises(ConfigError, match="--architecture conv needs images"):
+        train(TrainConfig(architecture="conv", epochs=1), tmp_path / "a", dataset=table)
+    with pytest.raises(ConfigError, match="standardised values"):
+        train(
+            TrainConfig(likelihood="bernoulli", standardize=True, epochs=1),
+            tmp_path / "b",
+            dataset=_grey(),
+        )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    train(
+        TrainConfig(epochs=1, latent_dim=2, hidden=(8,)),
+        tmp_path / "a",
+        dataset=table,
+        progress=False,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:only .* latent units are active")
+def test_autoencoder_runs_are_judged_by_reconstruction(tmp_path, digits, quick_config):
+    """The plain autoencoder reports, and picks its best checkpoint by, its reconstruction
+    log-likelihood: no ELBO in its records, the best epoch is the one with the highest
+    validation reconstruction, and the test summary is the reconstruction of those weights."""
+    config = dataclasses.replace(quick_config, objective="autoencoder", epochs=6)
+    summary = train(config, tmp_path / "run", dataset=digits, progress=False)
+    lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    assert all("train_elbo" not in r and "val_elbo" not in r for r in history)
+    values = [r["val_reconstruction"] for r in history]
+    assert summary["best_epoch"] == 1 + int(np.argmax(values))
+    assert summary["best_val_reconstruction"] == max(values)
+    assert "test_reconstruction" in summary and "test_elbo" not in summary
+    run = load_run(tmp_path / "run")
+    test = run.prepare(run.split("test"))
+    with torch.no_grad():
+        again = run.model.likelihood(run.model.posterior(test).mean).log_prob(test).mean()
+    assert summary["test_reconstruction"] == pytest.approx(float(again), rel=1e-5)
+
+
+def test_a_table_is_standardised_and_numbers_are_in_its_units(tmp_path):
+    """The recorded standardisation is applied by every later use, and log-densities gain its
+    Jacobian −Σ log scale: rescaling the table by c shifts the log-likelihood by −D log c
+    exactly (same standardised data, same training)."""
+    base = _grey(n=60, low=-2.0, high=3.0)
+    config = TrainConfig(latent_dim=2, hidden=(8,), epochs=3, batch_size=10, device="cpu")
+    c = 5.0
+    scaled = Dataset("grey", base.train * c, base.val * c, base.test * c, binary=False)
+    results = {}
+    for name, data in (("plain", base), ("scaled", scaled)):
+        summary = train(config, tmp_path / name, dataset=data, progress=False)
+        run = load_run(tmp_path / name)
+        result = run.evaluate(data.test, importance_samples=200)
+        assert result.elbo == pytest.approx(summary["test_elbo"], abs=0.5)
+        results[name] = result
+    shift = -6 * np.log(c)
+    assert results["scaled"].log_likelihood == pytest.approx(
+        results["plain"].log_likelihood + shift, abs=1e-3
+    )
+    assert results["scaled"].kl == pytest.approx(results["plain"].kl, abs=1e-4)
+    samples = load_run(tmp_path / "scaled").sample(2000)
+    assert abs(float(samples.mean()) - float(scaled.train.mean())) < 0.5 * c
+
+
+def test_a_loaded_run_carries_its_transforms(tmp_path, digits, quick_config):
+    """Grey digits through the run give what ``aevb evaluate`` gives (its fixed binarization);
+    the core function refuses the same grey values instead of scoring them."""
+    from aevb.errors import DataError
+    from aevb.evaluation import evaluate
+
+    train(
+        dataclasses.replace(quick_config, epochs=1),
+        tmp_path / "run",
+        dataset=digits,
+        progress=False,
+    )
+    run = load_run(tmp_path / "run")
+    grey = torch.from_numpy(digits.test)
+    by_run = run.evaluate(grey, importance_samples=20)
+    direct = evaluate(run.model, run.prepare(grey), importance_samples=20)
+    assert by_run.log_likelihood == direct.log_likelihood
+    with pytest.raises(DataError, match="Bernoulli"):
+        evaluate(run.model, grey, importance_samples=20)
+    assert read_run(tmp_path / "run").transforms.describe() == "binarize dynamic"
+
+
+def test_old_run_folders_get_a_clear_error(tmp_path, digits, quick_config):
+    train(
+        dataclasses.replace(quick_config, epochs=1),
+        tmp_path / "run",
+        dataset=digits,
+        progress=False,
+    )
+    path = tmp_path / "run/config.json"
+    values = json.loads(path.read_text())
+    del values["format"]
+    path.write_text(json.dumps(values))
+    with pytest.raises(AevbError, match=r"another version of aevb \(format 1"):
+        load_run(tmp_path / "run")
+
+
+@model_factory
+def tiny_conv(latent_dim: int = 3) -> VAE:
+    """A user's own conv pair for 8×8 digits (a factory importable by name: test_runs)."""
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 4, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 2 * latent_dim),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, 4 * 4 * 4),
+        nn.ReLU(),
+        nn.Unflatten(1, (4, 4, 4)),
+        nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1),
+    )
+    return VAE(
+        Encoder(encoder, heads.DiagonalGaussian(latent_dim), (1, 8, 8)),
+        Decoder(decoder, heads.Bernoulli((1, 8, 8)), latent_dim),
+        priors.StandardNormal(latent_dim),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:only .* latent units are active")
+def test_a_custom_model_is_saved_as_a_factory_and_resumes_exactly(tmp_path, digits):
+    """A model from the user's factory: config.json names it and its arguments, the run is
+    rebuilt from them on resume and load, and a resumed run ends bit-identical to an
+    uninterrupted one. Settings of the built-in architectures are refused for it."""
+    config = TrainConfig(epochs=3, batch_size=64, device="cpu")
+    spec = ModelSpec.of(tiny_conv, latent_dim=3)
+    train(config, tmp_path / "whole", model=spec, dataset=digits, progress=False)
+    _train_and_crash_after(config, tmp_path / "split", digits, epochs_done=1, model=spec)
+    resume(tmp_path / "split", dataset=digits, progress=False)
+    _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
+    record = read_run(tmp_path / "whole")
+    assert record.spec == spec and record.custom_model
+    assert record.transforms.describe() == "binarize dynamic"  # read from the Bernoulli head
+    assert load_run(tmp_path / "whole").sample(4).shape == (4, 1, 8, 8)
+    with pytest.raises(ConfigError, match="--latent-dim describe the built-in architectures"):
+        train(dataclasses.replace(config, latent_dim=5), tmp_path / "x", model=spec, dataset=digits)
+
+
+@pytest.mark.filterwarnings("ignore:only .* latent units are active")
+def test_a_factory_that_cannot_be_imported_gets_one_clear_error(tmp_path, digits):
+    config = TrainConfig(epochs=1, batch_size=64, device="cpu")
+    train(config, tmp_path / "run", model=ModelSpec.of(tiny_conv), dataset=digits, progress=False)
+    path = tmp_path / "run/config.json"
+    values = json.loads(path.read_text())
+    values["model"]["factory"] = "vanished_module:tiny_conv"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match="cannot import the model factory vanished_module"):
+        load_run(tmp_path / "run")

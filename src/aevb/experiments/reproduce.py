@@ -25,7 +25,6 @@ import io
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,32 +34,22 @@ from scipy.stats import norm
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from aevb import checkpoints as ckpt
 from aevb.data import Dataset, load_dataset
 from aevb.errors import AevbError
 from aevb.evaluation import evaluate, fixed_randomness, hmc_proposal
-from aevb.mcem import MonteCarloEM
+from aevb.experiments.presets import PRESETS, preset_config
 from aevb.models import VAE
-from aevb.presets import PRESETS, preset_config
-from aevb.training import (
-    CONFIG_FILE,
-    EVAL_BATCH,
-    EVAL_SEED,
-    DynamicBinarization,
-    TrainConfig,
-    Trainer,
-    binarize_once,
-    make_optimizer,
-    read_run_config,
-    resolve_device,
-)
+from aevb.objectives import METRICS_BATCH, METRICS_SEED
+from aevb.runs import CONFIG_FILE, Run, TrainConfig, load_run, read_run, resume, train
+from aevb.train import Callback, Trainer
+from aevb.train import checkpoint as ckpt
 
 FIGURE2_LATENT_DIMS = {"mnist": (3, 5, 10, 20, 200), "frey": (2, 5, 10, 20)}
 PRESET = {"mnist": "paper-mnist", "frey": "paper-frey"}
 # Defaults sized for two CPU cores; ``--full`` is the paper's 10⁸.
 DEFAULT_TRAIN_SAMPLES = {"mnist": 300_000, "frey": 200_000}
 FULL_TRAIN_SAMPLES = 100_000_000
-METHODS = {"aevb": "sgvb-b", "wake-sleep": "wake-sleep"}
+METHODS = {"aevb": "sgvb-b", "wake-sleep": "wake-sleep", "mcem": "mcem"}
 # Figure 2's bound on the training set is estimated on its first rows (the test set is whole).
 MAX_EVAL_ROWS = 10_000
 CURVE_FILE = "curve.jsonl"
@@ -74,11 +63,6 @@ def log_spaced_epochs(epochs: int, num_points: int) -> list[int]:
 
 def _epochs_for(train_samples: int, num_train: int) -> int:
     return max(1, math.ceil(train_samples / num_train))
-
-
-def _eval_x(rows: np.ndarray, binarize: str, device: torch.device, limit: int) -> Tensor:
-    """Evaluation rows, binarized once with the fixed evaluation seed (as the Trainer does)."""
-    return binarize_once(rows[:limit], binarize).to(device)
 
 
 def read_curve(run_dir: Path) -> list[dict]:
@@ -108,10 +92,10 @@ def _reuse_config(run_dir: Path, config: TrainConfig) -> TrainConfig | None:
     and device), or ``None`` if there is no run; an error if it was made with other settings."""
     if not (run_dir / CONFIG_FILE).exists():
         return None
-    saved = TrainConfig.from_dict(read_run_config(run_dir)["train"])
+    saved = read_run(run_dir).config
     different = [
         f"{name} {getattr(saved, name)!r} (now {value!r})"
-        for name, value in config.to_dict().items()
+        for name, value in dataclasses.asdict(config).items()
         if name not in MAY_DIFFER and value is not None and getattr(saved, name) != value
     ]
     if different:
@@ -133,6 +117,58 @@ def _check_curve_labels(run_dir: Path, labels: dict) -> None:
             )
 
 
+class CurveCallback(Callback):
+    """Measures ``measure(model, x)`` on each evaluation split (rows as loaded) at the epochs
+    of ``schedule`` and appends the points to the run's ``curve.jsonl``, after the epoch's
+    checkpoint; when training (re)starts, the checkpoint's own epoch is measured if its point
+    is missing (a kill cut it short)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        eval_sets: dict[str, np.ndarray],
+        measure: Measure,
+        schedule: set[int],
+        labels: dict,
+    ):
+        self.run_dir, self.eval_sets, self.measure = run_dir, eval_sets, measure
+        self.schedule, self.labels = schedule, labels
+        self.xs: dict[str, Tensor] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        transforms = trainer.data.transforms
+        self.xs = {
+            split: transforms.prepare(torch.from_numpy(rows[:MAX_EVAL_ROWS])).to(trainer.device)
+            for split, rows in self.eval_sets.items()
+        }
+        self._measure(trainer, trainer.state.history[-1] if trainer.state.history else {})
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self._measure(trainer, record)
+
+    def _measure(self, trainer: Trainer, record: dict) -> None:
+        epoch = trainer.state.epoch
+        if epoch not in self.schedule:
+            return
+        done = {(row["epoch"], row["split"]) for row in read_curve(self.run_dir)}
+        extra = {k: v for k, v in record.items() if k == "acceptance_rate"}
+        rows = [
+            {
+                **self.labels,
+                "epoch": epoch,
+                "train_samples": epoch * trainer.data.num_examples,
+                "split": split,
+                "value": self.measure(trainer.model, x),
+                "train_seconds": trainer.state.train_seconds,
+                **extra,
+            }
+            for split, x in self.xs.items()
+            if (epoch, split) not in done
+        ]
+        if rows:
+            _append_curve(self.run_dir, rows)
+
+
 def train_with_curve(
     run_dir: Path,
     config: TrainConfig,
@@ -143,8 +179,8 @@ def train_with_curve(
     labels: dict,
     progress: bool,
 ) -> list[dict]:
-    """Train (or resume, or reuse) the run in ``run_dir`` with the :class:`Trainer`, measuring
-    ``measure(model, x)`` on each evaluation split at log-spaced epochs.
+    """Train (or resume, or reuse) the run in ``run_dir``, measuring ``measure(model, x)`` on
+    each evaluation split at log-spaced epochs (:class:`CurveCallback`).
 
     Returns the run's curve: one row per (epoch, split) with ``labels`` and the cumulative
     ``train_samples`` and training seconds. A point whose measurement was cut short by a kill
@@ -154,43 +190,24 @@ def train_with_curve(
     reused = _reuse_config(run_dir, config)
     config = reused or config
     schedule = set(log_spaced_epochs(config.epochs, num_points))
-    done = {(row["epoch"], row["split"]) for row in read_curve(run_dir)}
-
-    def measure_epoch(trainer: Trainer) -> None:
-        epoch = trainer.state.epoch
-        if epoch not in schedule:
-            return
-        rows = [
-            {
-                **labels,
-                "epoch": epoch,
-                "train_samples": epoch * len(trainer.train_x),
-                "split": split,
-                "value": measure(trainer.model, x),
-                "train_seconds": trainer.state.train_seconds,
-            }
-            for split, x in xs.items()
-            if (epoch, split) not in done
-        ]
-        if rows:
-            _append_curve(run_dir, rows)
-
-    trainer = Trainer(config, run_dir, dataset, progress)
-    xs = {
-        split: _eval_x(rows, trainer.config.binarize, trainer.device, MAX_EVAL_ROWS)
-        for split, rows in eval_sets.items()
-    }
-    trainer.on_epoch_end = measure_epoch
+    curve = CurveCallback(run_dir, eval_sets, measure, schedule, labels)
     if reused is not None:
-        trainer.start(resume=True)
-        measure_epoch(trainer)  # the checkpoint's epoch, if its point is missing
-    trainer.fit(resume=reused is not None)
+        resume(
+            run_dir,
+            epochs=config.epochs,
+            device=config.device,
+            dataset=dataset,
+            callbacks=[curve],
+            progress=progress,
+        )
+    else:
+        train(config, run_dir, dataset=dataset, callbacks=[curve], progress=progress)
     return read_curve(run_dir)
 
 
 def elbo_measure(model: VAE, x: Tensor) -> float:
     """The ELBO by estimator B with one sample per datapoint (nats per example)."""
-    return evaluate(model, x, 1, batch_size=EVAL_BATCH, seed=EVAL_SEED).elbo
+    return evaluate(model, x, 1, batch_size=METRICS_BATCH, seed=METRICS_SEED).elbo
 
 
 def marginal_likelihood_measure(importance_samples: int = 1000) -> Measure:
@@ -198,7 +215,7 @@ def marginal_likelihood_measure(importance_samples: int = 1000) -> Measure:
     proposal = hmc_proposal()
 
     def measure(model: VAE, x: Tensor) -> float:
-        result = evaluate(model, x, importance_samples, seed=EVAL_SEED, proposal=proposal)
+        result = evaluate(model, x, importance_samples, seed=METRICS_SEED, proposal=proposal)
         return result.log_likelihood
 
     return measure
@@ -255,7 +272,7 @@ def figure2(
     data_dir: str | None = None,
     latent_dims: Sequence[int] | None = None,
     train_samples: int | None = None,
-    methods: Sequence[str] = tuple(METHODS),
+    methods: Sequence[str] = ("aevb", "wake-sleep"),
     num_points: int = 12,
     train_rows: int | None = None,
     lr: float | None = None,
@@ -365,7 +382,6 @@ FIGURE3_DEFAULT_TRAIN_SAMPLES = 1_000_000
 # The paper ran Monte Carlo EM only on the small training set: it keeps a sample per datapoint
 # and is not an online algorithm.
 MCEM_MAX_TRAIN = 1000
-MCEM_CHECKPOINT_SECONDS = 60.0
 
 
 def figure3(
@@ -411,7 +427,7 @@ def figure3(
             data_dir=data_dir,
             latent_dim=latent_dim,
             hidden=(hidden,),
-            objective=METHODS.get(method, "sgvb-b"),
+            objective=METHODS[method],
             epochs=_epochs_for(train_samples, num_train),
             device=device,
             seed=seed,
@@ -429,8 +445,9 @@ def figure3(
             "importance_samples": importance_samples,
         }
         eval_sets = {"train": subset.train[:eval_rows], "test": data.test[:eval_rows]}
-        train = train_mcem_with_curve if method == "mcem" else train_with_curve
-        rows += train(run_dir, config, subset, eval_sets, measure, num_points, labels, progress)
+        rows += train_with_curve(
+            run_dir, config, subset, eval_sets, measure, num_points, labels, progress
+        )
     _write_csv(out_dir / "figure3.csv", rows)
     from aevb.plots import plot_curves
 
@@ -444,112 +461,6 @@ def figure3(
     )
     _write_summary(out_dir / "figure3.md", "Figure 3", "mnist", rows, "num_train", "log p(x)")
     return rows
-
-
-def train_mcem_with_curve(
-    run_dir: Path,
-    config,
-    dataset: Dataset,
-    eval_sets: dict[str, np.ndarray],
-    measure: Measure,
-    num_points: int,
-    labels: dict,
-    progress: bool,
-) -> list[dict]:
-    """Monte Carlo EM (:class:`aevb.mcem.MonteCarloEM`) for ``config.epochs`` epochs, with the
-    same data path, model, optimiser and curve as :func:`train_with_curve`.
-
-    Checkpoints (model, optimiser, chains, step sizes, random state) at every evaluation and
-    at least once a minute, and resumes from them.
-    """
-    _check_curve_labels(run_dir, labels)
-    config = _reuse_config(run_dir, config) or config
-    device = resolve_device(config.device)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    # The Trainer builds the model and the training tensor exactly as for AEVB; Monte Carlo
-    # EM then replaces the optimiser and the step.
-    base = Trainer(config, run_dir, dataset, progress=False)
-    if not (run_dir / CONFIG_FILE).exists():
-        text = json.dumps(base.run_config(), indent=2) + "\n"
-        ckpt.atomic_write_text(run_dir / CONFIG_FILE, text)
-    model, train_x = base.model, base.train_x
-    optimizer = make_optimizer(base.config, model.decoder.parameters())
-    mcem = MonteCarloEM(model, optimizer, len(train_x))
-    binarization = DynamicBinarization(train_x) if base.config.binarize == "dynamic" else None
-    schedule = set(log_spaced_epochs(config.epochs, num_points))
-    xs = {
-        split: _eval_x(rows, base.config.binarize, device, MAX_EVAL_ROWS)
-        for split, rows in eval_sets.items()
-    }
-    checkpoint = run_dir / "checkpoints" / "mcem.safetensors"
-    epoch, seconds = 0, 0.0
-    if checkpoint.exists():
-        tensors, metadata = ckpt.load_checkpoint(checkpoint)
-        model.load_state_dict(ckpt.unprefixed("model.", tensors))
-        optimizer.load_state_dict(
-            ckpt.optimizer_state_from_tensors(
-                ckpt.unprefixed("optimizer.", tensors), metadata["optimizer"]
-            )
-        )
-        mcem.z.copy_(tensors["chains.z"])
-        mcem.step_size.copy_(tensors["chains.step_size"])
-        ckpt.set_rng_state(ckpt.unprefixed("rng.", tensors))
-        epoch, seconds = metadata["epoch"], metadata["train_seconds"]
-
-    def save() -> None:
-        opt_tensors, opt_rest = ckpt.optimizer_state_to_tensors(optimizer.state_dict())
-        tensors = {
-            **ckpt.prefixed("model.", model.state_dict()),
-            **ckpt.prefixed("optimizer.", opt_tensors),
-            **ckpt.prefixed("rng.", ckpt.rng_state()),
-            "chains.z": mcem.z,
-            "chains.step_size": mcem.step_size,
-        }
-        metadata = {"optimizer": opt_rest, "epoch": epoch, "train_seconds": seconds}
-        ckpt.save_checkpoint(checkpoint, tensors, metadata)
-
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
-    bar = tqdm(
-        total=config.epochs * steps_per_epoch,
-        initial=epoch * steps_per_epoch,
-        disable=not progress,
-        desc="mcem",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    last_save = time.perf_counter()
-    with bar:
-        while epoch < config.epochs:
-            started = time.perf_counter()
-            x_epoch = binarization.draw() if binarization is not None else train_x
-            permutation = torch.randperm(len(train_x), device=device)
-            for start in range(0, len(train_x), config.batch_size):
-                index = permutation[start : start + config.batch_size]
-                mcem.step(x_epoch[index], index)
-                bar.update()
-            epoch += 1
-            seconds += time.perf_counter() - started
-            if epoch in schedule:
-                acceptance = float(mcem.acceptance_rate)
-                mcem.reset_acceptance()
-                bar.set_postfix(acceptance=f"{acceptance:.2f}")
-                rows = [
-                    {
-                        **labels,
-                        "epoch": epoch,
-                        "train_samples": epoch * len(train_x),
-                        "split": split,
-                        "value": measure(model, x),
-                        "train_seconds": seconds,
-                        "acceptance_rate": acceptance,
-                    }
-                    for split, x in xs.items()
-                ]
-                _append_curve(run_dir, rows)
-            if epoch in schedule or time.perf_counter() - last_save > MCEM_CHECKPOINT_SECONDS:
-                save()
-                last_save = time.perf_counter()
-    return read_curve(run_dir)
 
 
 # --------------------------------------------------------------------------- figures 4 and 5
@@ -566,11 +477,9 @@ def _trained_model(
     device: str,
     seed: int,
     progress: bool,
-) -> VAE:
+) -> Run:
     """Train (or reuse) the AEVB run ``runs/{dataset}-z{latent_dim}-aevb`` — the same folder
-    Figure 2 uses — and return its last weights."""
-    from aevb.training import load_model
-
+    Figure 2 uses — and open it with its last weights."""
     config = preset_config(
         PRESET[dataset],
         len(data.train),
@@ -584,7 +493,7 @@ def _trained_model(
     labels = {"dataset": dataset, "method": "aevb", "latent_dim": latent_dim}
     eval_sets = {"train": data.train, "test": data.test}
     train_with_curve(run_dir, config, data, eval_sets, elbo_measure, 12, labels, progress)
-    return load_model(run_dir, which="last", device=str(resolve_device(device)))
+    return load_run(run_dir, which="last", device=device)
 
 
 def latent_grid(size: int, low: float = 0.05, high: float = 0.95) -> Tensor:
@@ -616,11 +525,11 @@ def figure4(
         data = _load(dataset, data_dir, progress, train_rows)
         samples = int(train_samples or DEFAULT_TRAIN_SAMPLES[dataset])
         _announce(f"figure 4: {dataset}, N_z = 2", progress)
-        model = _trained_model(out_dir, dataset, data, data_dir, 2, samples, device, seed, progress)
-        z = latent_grid(grid_size).to(next(model.parameters()).device)
+        run = _trained_model(out_dir, dataset, data, data_dir, 2, samples, device, seed, progress)
+        z = latent_grid(grid_size).to(run.device)
         with torch.no_grad():
-            images = model.likelihood(z).mean.cpu().numpy()
-        panels.append((dataset, images, data.image_shape))
+            images = run.model.likelihood(z).mean.cpu().numpy()
+        panels.append((dataset, images))
         for (z1, z2), image in zip(z.tolist(), images, strict=True):
             rows.append({"dataset": dataset, "z1": z1, "z2": z2, "mean_intensity": image.mean()})
     save_manifolds(panels, grid_size, out_dir / "figure4.png")
@@ -655,15 +564,15 @@ def figure5(
     panels, rows = [], []
     for latent_dim in latent_dims:
         _announce(f"figure 5: mnist, N_z = {latent_dim}", progress)
-        model = _trained_model(
+        run = _trained_model(
             out_dir, "mnist", data, data_dir, latent_dim, samples, device, seed, progress
         )
-        with fixed_randomness(seed, next(model.parameters()).device):
-            images = model.sample(num_samples).cpu().numpy()
+        with fixed_randomness(seed, run.device):
+            images = run.sample(num_samples).cpu().numpy()
         panels.append((f"$N_z$ = {latent_dim}", images))
-        test = _eval_x(data.test, "dynamic", model._prior_loc.device, MAX_EVAL_ROWS)
-        rows.append({"latent_dim": latent_dim, "test_elbo": elbo_measure(model, test)})
-    save_sample_panels(panels, data.image_shape, out_dir / "figure5.png")
+        test = run.prepare(data.test[:MAX_EVAL_ROWS])
+        rows.append({"latent_dim": latent_dim, "test_elbo": elbo_measure(run.model, test)})
+    save_sample_panels(panels, out_dir / "figure5.png")
     _write_csv(out_dir / "figure5.csv", rows)
     table = "".join(f"| {r['latent_dim']} | {r['test_elbo']:.2f} |\n" for r in rows)
     ckpt.atomic_write_text(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from aevb.errors import ConfigError
-from aevb.training import TrainConfig
+from aevb.runs.config import TrainConfig
 
 PAPER_COMMON = {
     "activation": "tanh",

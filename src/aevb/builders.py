@@ -1,0 +1,314 @@
+"""Model factories: functions that build a :class:`~aevb.models.VAE` from JSON arguments.
+
+A run folder records how to rebuild its model as a :class:`ModelSpec`: the import path of a
+factory (``package.module:function``) and its arguments. Nothing is pickled. A factory is any
+function decorated with :func:`model_factory` that returns a VAE; only such functions are ever
+called from a recorded spec, so a run folder cannot name an arbitrary function to run.
+
+Two factories are built in: :func:`mlp` (the paper's multilayer perceptrons) and :func:`conv`
+(a small DCGAN-style convolutional pair for images). Both take the same description of the
+posterior, likelihood and prior.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch import nn
+
+from aevb import heads
+from aevb.errors import ConfigError
+from aevb.models import VAE, Decoder, Encoder
+from aevb.networks import MLP, ConvDecoderNetwork, ConvEncoderNetwork, initialise
+from aevb.priors import MixtureOfGaussians, StandardNormal, VampPrior
+
+__all__ = [
+    "ARCHITECTURES",
+    "LIKELIHOODS",
+    "POSTERIORS",
+    "ModelSpec",
+    "conv",
+    "mlp",
+    "model_factory",
+]
+
+ARCHITECTURES = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
+POSTERIORS = ("diagonal", "full")
+# Components of the mixture and VampPrior priors when not given: Tomczak & Welling (2018) used
+# 500 pseudo-inputs for MNIST.
+DEFAULT_COMPONENTS = {"mixture": 10, "vamp": 500}
+_MARK = "__aevb_model_factory__"
+
+Factory = TypeVar("Factory", bound=Callable[..., VAE])
+
+
+def model_factory(function: Factory) -> Factory:
+    """Mark ``function`` as a model factory: it takes JSON-serialisable keyword arguments and
+    returns a :class:`~aevb.models.VAE`. Run folders can then rebuild models with it."""
+    setattr(function, _MARK, True)
+    return function
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a model: ``factory`` (``"package.module:function"``) called with
+    ``arguments`` (JSON values). ``source`` is the file that defined the factory when it was
+    not importable by name (a script run as ``python my_models.py``), so that it can be found
+    again from another process."""
+
+    factory: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    @classmethod
+    def of(cls, function: Callable[..., VAE], **arguments: Any) -> ModelSpec:
+        """The spec of ``function(**arguments)``; ``function`` must be a :func:`model_factory`."""
+        if not getattr(function, _MARK, False):
+            raise ConfigError(
+                f"{getattr(function, '__qualname__', function)!r} is not marked as a model "
+                "factory; decorate it with @aevb.model_factory"
+            )
+        module = function.__module__
+        source = None
+        if module == "__main__":
+            # A script: recorded under its file's name, and the file, to be imported again.
+            path = Path(inspect.getfile(function)).resolve()
+            module, source = path.stem, str(path)
+        spec = cls(f"{module}:{function.__qualname__}", _plain(arguments), source)
+        spec.resolve()  # fail now, not when the run is loaded
+        return spec
+
+    def resolve(self) -> Callable[..., VAE]:
+        """The factory function; an :class:`~aevb.errors.ConfigError` naming it if it cannot be
+        imported or is not a model factory."""
+        module_name, _, name = self.factory.partition(":")
+        if not module_name or not name:
+            raise ConfigError(f"model factory {self.factory!r} is not 'package.module:function'")
+        try:
+            module = _import(module_name, self.source)
+        except ImportError as error:
+            where = f" (defined in {self.source})" if self.source else ""
+            raise ConfigError(
+                f"cannot import the model factory {self.factory}{where}: {error}. Install or "
+                "put on PYTHONPATH the package that defines it"
+            ) from error
+        function: Any = module
+        for part in name.split("."):
+            function = getattr(function, part, None)
+        if function is None or not getattr(function, _MARK, False):
+            raise ConfigError(
+                f"{self.factory} is not a model factory (a function decorated with "
+                "@aevb.model_factory)"
+            )
+        return function
+
+    def build(self) -> VAE:
+        """Call the factory with the arguments; the result must be a VAE."""
+        try:
+            model = self.resolve()(**self.arguments)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"model factory {self.factory} failed: {error}") from error
+        if not isinstance(model, VAE):
+            raise ConfigError(
+                f"model factory {self.factory} returned {type(model).__name__}, not an aevb.VAE"
+            )
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"factory": self.factory, "arguments": self.arguments}
+        if self.source is not None:
+            values["source"] = self.source
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
+        return cls(values["factory"], dict(values.get("arguments", {})), values.get("source"))
+
+
+def _import(module_name: str, source: str | None):
+    """Import ``module_name``; if it is not importable and ``source`` names its file, from
+    that file's folder."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if source is None or error.name != module_name or not Path(source).is_file():
+            raise
+    folder = str(Path(source).parent)
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(folder)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so that arguments compare equal after a JSON round trip."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- built-in parts
+def posterior_head(posterior: str, latent_dim: int) -> heads.Head:
+    """The head of q(z|x): ``"diagonal"`` or ``"full"`` covariance."""
+    if posterior == "diagonal":
+        return heads.DiagonalGaussian(latent_dim)
+    if posterior == "full":
+        return heads.FullCovarianceGaussian(latent_dim)
+    raise ConfigError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+
+
+def likelihood_head(
+    likelihood: str, data_shape: Sequence[int], likelihood_std: float, squash_mean: bool
+) -> heads.Head:
+    """The head of p(x|z): Bernoulli, Gaussian with fixed σ, or Gaussian with learned σ."""
+    if likelihood == "bernoulli":
+        return heads.Bernoulli(data_shape)
+    if likelihood == "gaussian":
+        return heads.Gaussian(data_shape, likelihood_std)
+    if likelihood == "gaussian-learned":
+        return heads.LearnedGaussian(data_shape, squash_mean)
+    raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+
+
+def make_prior(
+    prior: str,
+    latent_dim: int,
+    encoder: nn.Module,
+    data_shape: Sequence[int],
+    components: int | None,
+) -> nn.Module:
+    """``"standard"`` N(0, I), a learnable ``"mixture"`` of Gaussians, or the ``"vamp"`` prior."""
+    if prior == "standard":
+        if components is not None:
+            raise ConfigError("prior_components applies to the mixture and vamp priors only")
+        return StandardNormal(latent_dim)
+    if prior == "mixture":
+        return MixtureOfGaussians(latent_dim, components or DEFAULT_COMPONENTS["mixture"])
+    if prior == "vamp":
+        return VampPrior(encoder, components or DEFAULT_COMPONENTS["vamp"], data_shape)
+    raise ConfigError(f"prior must be one of standard, mixture, vamp, got {prior!r}")
+
+
+def _assemble(
+    encoder_network: nn.Module,
+    decoder_network: nn.Module,
+    posterior: heads.Head,
+    likelihood: heads.Head,
+    data_shape: tuple[int, ...],
+    latent_dim: int,
+    init: str,
+    prior: str,
+    prior_components: int | None,
+) -> VAE:
+    encoder = Encoder(encoder_network, posterior, data_shape)
+    decoder = Decoder(decoder_network, likelihood, latent_dim)
+    initialise(encoder, init)
+    initialise(decoder, init)
+    return VAE(
+        encoder, decoder, make_prior(prior, latent_dim, encoder, data_shape, prior_components)
+    )
+
+
+def _check(latent_dim: int, hidden: Sequence[int], data_shape: Sequence[int]) -> None:
+    if latent_dim < 1 or any(h < 1 for h in hidden) or any(s < 1 for s in data_shape):
+        raise ConfigError(
+            f"latent_dim, hidden sizes and data_shape must be positive, got latent_dim "
+            f"{latent_dim}, hidden {tuple(hidden)}, data_shape {tuple(data_shape)}"
+        )
+
+
+@model_factory
+def mlp(
+    data_shape: Sequence[int],
+    latent_dim: int = 20,
+    hidden: Sequence[int] = (500,),
+    activation: str = "tanh",
+    likelihood: str = "bernoulli",
+    likelihood_std: float = 0.1,
+    squash_mean: bool = False,
+    init: str = "default",
+    posterior: str = "diagonal",
+    prior: str = "standard",
+    prior_components: int | None = None,
+) -> VAE:
+    """The paper's model: encoder and decoder MLPs with ``hidden`` layers (the decoder's in
+    reverse order) and ``activation`` between them.
+
+    ``likelihood``: ``"bernoulli"``, ``"gaussian"`` (σ = ``likelihood_std``) or
+    ``"gaussian-learned"`` (``squash_mean``: sigmoid on the mean); ``posterior``:
+    ``"diagonal"`` or ``"full"`` covariance; ``init="paper"`` draws every weight from
+    N(0, 0.01²); ``prior``: ``"standard"``, ``"mixture"`` or ``"vamp"`` with
+    ``prior_components`` components (10 and 500 when not given).
+    """
+    data_shape, hidden = tuple(data_shape), tuple(hidden)
+    _check(latent_dim, hidden, data_shape)
+    q_head = posterior_head(posterior, latent_dim)
+    p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
+    return _assemble(
+        MLP(data_shape, hidden, q_head.parameter_shape, activation),
+        MLP((latent_dim,), tuple(reversed(hidden)), p_head.parameter_shape, activation),
+        q_head,
+        p_head,
+        data_shape,
+        latent_dim,
+        init,
+        prior,
+        prior_components,
+    )
+
+
+@model_factory
+def conv(
+    data_shape: Sequence[int],
+    latent_dim: int = 20,
+    channels: Sequence[int] = (32, 64),
+    hidden: Sequence[int] = (500,),
+    activation: str = "relu",
+    likelihood: str = "bernoulli",
+    likelihood_std: float = 0.1,
+    squash_mean: bool = False,
+    init: str = "default",
+    posterior: str = "diagonal",
+    prior: str = "standard",
+    prior_components: int | None = None,
+) -> VAE:
+    """A small DCGAN-style pair for (C, H, W) images: 4×4 stride-2 convolutions with
+    ``channels`` feature maps and fully connected ``hidden`` layers in the encoder, the mirror
+    image (transposed convolutions) in the decoder. H and W must be multiples of
+    2^len(channels) (28×28 grey and 32×32 colour images are, with the default two).
+
+    The other arguments are those of :func:`mlp`.
+    """
+    data_shape, hidden, channels = tuple(data_shape), tuple(hidden), tuple(channels)
+    _check(latent_dim, (*hidden, *channels), data_shape)
+    q_head = posterior_head(posterior, latent_dim)
+    p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
+    (out_features,) = q_head.parameter_shape
+    try:
+        encoder_network = ConvEncoderNetwork(data_shape, channels, hidden, out_features, activation)
+        decoder_network = ConvDecoderNetwork(
+            latent_dim, channels, tuple(reversed(hidden)), p_head.parameter_shape, activation
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return _assemble(
+        encoder_network,
+        decoder_network,
+        q_head,
+        p_head,
+        data_shape,
+        latent_dim,
+        init,
+        prior,
+        prior_components,
+    )

@@ -1,0 +1,256 @@
+"""Callbacks of the training loop: validation, early stopping, checkpoints, the metrics file,
+the progress bar, signal handling, the curve plot, and keeping the best weights in memory.
+
+A callback overrides any of the hooks of :class:`Callback`; the :class:`~aevb.train.Trainer`
+calls them in the order the callbacks were given. The epoch's end runs ``on_validation``
+(callbacks add held-out metrics to the record), then the Trainer tracks the best value of the
+judged metric, then ``on_epoch_end`` (where ``trainer.improved`` says whether the epoch is the
+best so far).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from aevb.evaluation import LOG_DENSITIES
+from aevb.train import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from aevb.train.trainer import Trainer
+
+__all__ = [
+    "BestWeights",
+    "Callback",
+    "Checkpoint",
+    "CurvePlot",
+    "EarlyStopping",
+    "MetricsFile",
+    "ProgressBar",
+    "SignalHandler",
+    "Validation",
+]
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch of :meth:`Trainer.fit` (after any restore)."""
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """After every step (host-side work only: reading a device value here syncs)."""
+
+    def on_progress(self, trainer: Trainer) -> None:
+        """About ten times per epoch, at the loop's host synchronisation points."""
+
+    def on_validation(self, trainer: Trainer, record: dict) -> None:
+        """At an epoch's end, before the best epoch is tracked: add held-out metrics."""
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        """After an epoch, its record complete; ``trainer.state.epoch`` counts it."""
+
+    def on_stop(self, trainer: Trainer) -> None:
+        """Before training stops on a signal or a numerical fault (keep what must be kept)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After training ends normally."""
+
+    def close(self, trainer: Trainer) -> None:
+        """When :meth:`Trainer.fit` returns or raises (release resources)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the callback (JSON values); nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class Validation(Callback):
+    """Adds ``val_<metric>`` to each epoch's record: the objective's held-out metrics
+    (:meth:`aevb.objectives.Objective.metrics`) on ``x`` (in the model's space), with
+    ``log_abs_det_jacobian`` added to its log-densities so they are in the data's units."""
+
+    def __init__(self, x: Tensor, log_abs_det_jacobian: float = 0.0):
+        self.x = x
+        self.log_abs_det_jacobian = log_abs_det_jacobian
+
+    def on_validation(self, trainer: Trainer, record: dict) -> None:
+        if len(self.x) == 0:
+            return
+        metrics = in_data_units(
+            trainer.objective.metrics(trainer.model, self.x), self.log_abs_det_jacobian
+        )
+        for name in trainer.objective.reported:
+            if name in metrics:
+                record[f"val_{name}"] = metrics[name]
+
+
+def in_data_units(metrics: dict[str, float], log_abs_det_jacobian: float) -> dict[str, float]:
+    """``metrics`` with ``log_abs_det_jacobian`` added to the log-densities among them."""
+    return {
+        name: value + log_abs_det_jacobian if name in LOG_DENSITIES else value
+        for name, value in metrics.items()
+    }
+
+
+class EarlyStopping(Callback):
+    """Stops training after ``patience`` epochs without a better value of the judged metric.
+    Put it before :class:`Checkpoint`, so that the checkpoint records the stop."""
+
+    def __init__(self, patience: int):
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, got {patience}")
+        self.patience = int(patience)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if trainer.state.epochs_without_improvement >= self.patience:
+            trainer.state.stopped_early = True
+
+
+class Checkpoint(Callback):
+    """Writes the resumable checkpoint ``last`` at every epoch's end, every ``every_steps``
+    steps, and before a stop; and ``best`` (the model's weights only) whenever the judged
+    metric improves. Every write is atomic (:mod:`aevb.train.checkpoint`)."""
+
+    def __init__(self, last: str | Path, best: str | Path | None = None, every_steps: int = 0):
+        self.last = Path(last)
+        self.best = None if best is None else Path(best)
+        self.every_steps = int(every_steps)
+
+    def save_last(self, trainer: Trainer) -> None:
+        tensors, metadata = trainer.checkpoint()
+        ckpt.save_checkpoint(self.last, tensors, metadata)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.every_steps and trainer.state.step % self.every_steps == 0:
+            trainer.collect_faults()
+            self.save_last(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if self.best is not None and trainer.improved:
+            state = trainer.state
+            ckpt.save_checkpoint(
+                self.best,
+                ckpt.prefixed("model.", trainer.model.state_dict()),
+                {"epoch": state.epoch, "monitor": state.monitor, "value": state.best_value},
+            )
+        self.save_last(trainer)
+
+    def on_stop(self, trainer: Trainer) -> None:
+        self.save_last(trainer)
+
+
+class MetricsFile(Callback):
+    """Writes every epoch's record so far as one JSON object per line (atomically)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        lines = "".join(json.dumps(r) + "\n" for r in trainer.state.history)
+        ckpt.atomic_write_text(self.path, lines)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the run's steps, with the running value of the judged metric."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.bar = tqdm(
+            total=trainer.epochs * trainer.steps_per_epoch,
+            initial=trainer.state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def on_progress(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            judged = trainer.objective.judged_by
+            self.bar.set_postfix(
+                {"epoch": trainer.state.epoch + 1, judged: f"{trainer.running_value():.2f}"}
+            )
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if self.bar is not None:
+            judged = trainer.objective.judged_by
+            shown = {"epoch": record["epoch"]}
+            for split in ("train", "val"):
+                if f"{split}_{judged}" in record:
+                    shown[f"{split}_{judged}"] = f"{record[f'{split}_{judged}']:.2f}"
+            self.bar.set_postfix(shown)
+
+    def close(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class SignalHandler(Callback):
+    """While training, SIGINT and SIGTERM finish the current step, let the callbacks keep what
+    they keep (``on_stop``: the checkpoint), then stop with
+    :class:`~aevb.errors.TrainingInterrupted`. Signal handlers can only be installed from the
+    main thread; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def request_stop(signum, frame):
+            trainer.request_stop(signum)
+
+        self._previous = {s: signal.signal(s, request_stop) for s in self.SIGNALS}
+
+    def close(self, trainer: Trainer) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class CurvePlot(Callback):
+    """Draws the judged metric per epoch (train and validation) to a PNG when training ends."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        from aevb.plots import plot_training_curves  # matplotlib only when a run ends
+
+        if trainer.state.history:
+            plot_training_curves(trainer.state.history, self.path, trainer.objective.judged_by)
+
+
+class BestWeights(Callback):
+    """Keeps a copy of the model's weights at the best epoch, in memory; :meth:`restore` puts
+    them back into the model (a no-op before the first epoch)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        if trainer.improved:
+            self.weights = copy.deepcopy(trainer.model.state_dict())
+
+    def restore(self, trainer: Trainer) -> None:
+        if self.weights is not None:
+            trainer.model.load_state_dict(self.weights)

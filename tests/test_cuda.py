@@ -1,0 +1,120 @@
+"""The CUDA paths: runs, resumption, evaluation, the conv net, bf16 and the estimator on a GPU.
+
+Every test here is marked ``cuda`` and skipped without a CUDA device; on a GPU machine
+``python -m pytest -m cuda`` runs them (with the compiled CUDA-graph step's check in
+tests/test_acceleration.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from aevb.builders import mlp
+from aevb.evaluation import evaluate
+from aevb.objectives import SGVBB
+from aevb.runs import load_run, resume, train
+from aevb.train import Callback
+
+pytestmark = pytest.mark.cuda
+
+
+class _Crash(Exception):
+    pass
+
+
+class CrashAfter(Callback):
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.state.epoch == self.epochs:
+            raise _Crash
+
+
+@pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "cuda-graphs"])
+def test_a_cuda_run_resumes_to_the_uninterrupted_parameters(
+    tmp_path, digits, quick_config, compile_step
+):
+    config = dataclasses.replace(quick_config, epochs=3, device="cuda", compile=compile_step)
+    summary = train(config, tmp_path / "whole", dataset=digits, progress=False)
+    assert summary["device"].startswith("cuda") and np.isfinite(summary["test_elbo"])
+    with pytest.raises(_Crash):
+        train(config, tmp_path / "split", dataset=digits, progress=False, callbacks=[CrashAfter(1)])
+    resume(tmp_path / "split", dataset=digits, progress=False)
+    whole = load_run(tmp_path / "whole", "last").model.state_dict()
+    split = load_run(tmp_path / "split", "last").model.state_dict()
+    for name, value in whole.items():
+        torch.testing.assert_close(split[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_cpu_checkpoint_resumes_on_the_gpu(tmp_path, digits, quick_config):
+    config = dataclasses.replace(quick_config, epochs=2, device="cpu")
+    with pytest.raises(_Crash):
+        train(config, tmp_path / "run", dataset=digits, progress=False, callbacks=[CrashAfter(1)])
+    summary = resume(tmp_path / "run", device="cuda", dataset=digits, progress=False)
+    assert summary["device"].startswith("cuda") and summary["epochs"] == 2
+
+
+def test_evaluation_on_the_gpu_agrees_with_the_cpu(tmp_path, digits, quick_config):
+    """The same model on both devices: deterministic outputs agree to float32 rounding, and
+    the importance-sampled log-likelihoods (different random streams) within 4 standard
+    errors of their difference."""
+    train(
+        dataclasses.replace(quick_config, epochs=3),
+        tmp_path / "run",
+        dataset=digits,
+        progress=False,
+    )
+    cpu, gpu = load_run(tmp_path / "run"), load_run(tmp_path / "run", device="cuda")
+    x = cpu.split("test")
+    torch.testing.assert_close(gpu.reconstruct(x).cpu(), cpu.reconstruct(x), rtol=1e-4, atol=1e-5)
+    a = cpu.evaluate(x, importance_samples=500)
+    b = gpu.evaluate(x, importance_samples=500)
+    assert abs(a.log_likelihood - b.log_likelihood) < 4 * np.hypot(
+        a.log_likelihood_se, b.log_likelihood_se
+    )
+    assert a.kl == pytest.approx(b.kl, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"architecture": "conv", "channels": (8, 16)},
+        {"prior": "vamp", "prior_components": 20},
+        {"precision": "bf16"},
+    ],
+    ids=["conv", "vamp", "bf16"],
+)
+def test_the_model_family_trains_on_the_gpu(tmp_path, digits, quick_config, changes):
+    config = dataclasses.replace(quick_config, epochs=2, device="cuda", **changes)
+    summary = train(config, tmp_path / "run", dataset=digits, progress=False)
+    assert np.isfinite(summary["test_elbo"])
+    run = load_run(tmp_path / "run", device="cuda")
+    result = run.evaluate(run.split("test"), importance_samples=50)
+    assert result.elbo_a < result.log_likelihood
+
+
+def test_the_objective_and_evaluation_keep_float32_under_bf16_on_the_gpu():
+    torch.manual_seed(0)
+    model = mlp((64,), 4, (32,)).cuda()
+    x = torch.bernoulli(torch.full((50, 64), 0.3, device="cuda"))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        terms = SGVBB()(model, x)
+    assert terms.loss.dtype == torch.float32
+    assert np.isfinite(evaluate(model, x, 100).log_likelihood)
+
+
+def test_the_estimator_on_the_gpu():
+    from aevb.sklearn import VAE
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 3
+    model = VAE(epochs=10, hidden=(16,), device="cuda", random_state=0).fit(X)
+    assert next(model.model_.parameters()).device.type == "cuda"
+    assert model.transform(X).shape == (300, 2)
+    assert np.isfinite(model.score_samples(X)).all()
+    assert model.sample(5, random_state=0).shape == (5, 6)
