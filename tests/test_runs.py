@@ -358,6 +358,7 @@ def test_dynamic_binarization_is_bernoulli_of_the_grey_values(zero_fraction):
         ({"prior_components": 5}, "--prior-components applies to the mixture and vamp"),
         ({"channels": (8, 16)}, "--channels applies to --architecture conv only"),
         ({"likelihood": "bernoulli", "likelihood_std": 0.5}, "--likelihood-std applies"),
+        ({"objective": "wake-sleep", "prior": "mixture"}, "no term that trains a mixture"),
     ],
 )
 def test_invalid_option_pairs_are_refused_before_the_run_folder_exists(
@@ -522,3 +523,30 @@ def test_a_factory_that_cannot_be_imported_gets_one_clear_error(tmp_path, digits
     path.write_text(json.dumps(values))
     with pytest.raises(ConfigError, match="cannot import the model factory vanished_module"):
         load_run(tmp_path / "run")
+
+
+def test_binary_tables_under_a_gaussian_likelihood_are_standardised_not_binarized():
+    """Binary values with a Gaussian likelihood: no binarization step, so the table's default
+    standardisation applies; under a Bernoulli likelihood they pass a static draw unchanged."""
+    from aevb.data import choose_transforms
+
+    x = np.random.default_rng(0).integers(0, 2, (50, 4)).astype(np.float32)
+    gaussian, binarize, standardize = choose_transforms(x, "t", True, False, False, None, None)
+    assert (binarize, standardize) == ("none", True)
+    assert gaussian.describe() == "standardise"
+    bernoulli, binarize, _ = choose_transforms(x, "t", True, False, True, None, None)
+    assert binarize == "static" and torch.equal(
+        bernoulli.prepare(torch.from_numpy(x)), torch.from_numpy(x)
+    )
+
+
+def test_a_run_on_a_cut_training_set_can_still_be_evaluated(tmp_path, digits, quick_config):
+    """The paper's Figure 3 trains on the first rows of a dataset: its run folder's held-out
+    splits are still those of the named dataset, and loading them is not refused."""
+    cut = dataclasses.replace(digits, train=digits.train[:300])
+    train(
+        dataclasses.replace(quick_config, epochs=1), tmp_path / "run", dataset=cut, progress=False
+    )
+    run = load_run(tmp_path / "run")
+    assert len(run.split("test")) == len(digits.test)
+    assert np.isfinite(run.evaluate(run.split("test"), importance_samples=5).log_likelihood)

@@ -182,3 +182,17 @@ def test_grey_values_for_a_bernoulli_likelihood_are_binarized_as_aevb_does(monke
     streamed = quick(likelihood="bernoulli").partial_fit(X)
     assert streamed.transforms_ == model.transforms_
     assert seen and all(seen)  # every batch partial_fit trained on was binary
+
+
+def test_standardisation_is_fitted_on_the_training_rows_only():
+    """With early stopping, the validation rows do not enter the fitted means and scales."""
+    X = factor_data()
+    model = quick(epochs=2, early_stopping=True).fit(X)
+    held = np.zeros(len(X), dtype=bool)
+    seed = int(np.random.RandomState(0).randint(2**31 - 1))
+    held[np.random.default_rng(seed).permutation(len(X))[: round(0.1 * len(X))]] = True
+    np.testing.assert_allclose(model.mean_, X[~held].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(model.scale_, X[~held].std(0), rtol=1e-12)
+    streamed = quick().partial_fit(X[:100])
+    streamed.partial_fit(X[100:200])
+    assert len(streamed.history_) == 2 and "train_elbo" in streamed.history_[0]

@@ -78,9 +78,12 @@ class ModelSpec:
         module = function.__module__
         source = None
         if module == "__main__":
-            # A script: recorded under its file's name, and the file, to be imported again.
+            # A script: recorded under its module's name (``python -m pkg.mod``) or its file's,
+            # and the file, to be imported again.
             path = Path(inspect.getfile(function)).resolve()
-            module, source = path.stem, str(path)
+            main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+            module = main_spec.name if main_spec is not None else path.stem
+            source = str(path)
         spec = cls(f"{module}:{function.__qualname__}", _plain(arguments), source)
         spec.resolve()  # fail now, not when the run is loaded
         return spec
@@ -111,10 +114,15 @@ class ModelSpec:
 
     def build(self) -> VAE:
         """Call the factory with the arguments; the result must be a VAE."""
+        factory = self.resolve()
         try:
-            model = self.resolve()(**self.arguments)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"model factory {self.factory} failed: {error}") from error
+            model = factory(**self.arguments)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(
+                f"model factory {self.factory} failed: {type(e).__name__}: {e}"
+            ) from e
         if not isinstance(model, VAE):
             raise ConfigError(
                 f"model factory {self.factory} returned {type(model).__name__}, not an aevb.VAE"
@@ -291,6 +299,8 @@ def conv(
     """
     data_shape, hidden, channels = tuple(data_shape), tuple(hidden), tuple(channels)
     _check(latent_dim, (*hidden, *channels), data_shape)
+    if not channels:
+        raise ConfigError("the conv net needs at least one convolution (channels)")
     q_head = posterior_head(posterior, latent_dim)
     p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
     (out_features,) = q_head.parameter_shape

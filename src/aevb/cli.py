@@ -408,11 +408,14 @@ def _embed(args: argparse.Namespace) -> int:
     from aevb.runs import load_run
 
     run = load_run(args.run_dir, which=args.which, device=args.device)
-    x = _read_rows(args, run)
+    # All rows through the run's transforms at once, as aevb score and aevb evaluate do (a
+    # Bernoulli run's fixed binarization draw covers the whole table), then encoded in batches.
+    x = run.prepare(_read_rows(args, run), where=args.data)
     parts = []
-    for start in range(0, len(x), EMBED_BATCH):
-        q = run.encode(x[start : start + EMBED_BATCH], where=args.data)
-        parts.append(torch.cat([q.mean, q.stddev], 1) if args.std else q.mean)
+    with torch.no_grad():
+        for start in range(0, len(x), EMBED_BATCH):
+            q = run.model.posterior(x[start : start + EMBED_BATCH])
+            parts.append(torch.cat([q.mean, q.stddev], 1) if args.std else q.mean)
     codes = torch.cat(parts).cpu().numpy()  # (N, latent_dim), or (N, 2 latent_dim) with --std
     d = run.model.latent_dim
     header = [f"z{i}" for i in range(1, d + 1)]

@@ -109,14 +109,22 @@ class MonteCarloEM(Objective):
         return {"acceptance_rate": rate}
 
     def state_tensors(self) -> dict[str, Tensor]:
-        if self.z is None or self.step_size is None:
+        if self.z is None or self.step_size is None or self._accept_sum is None:
             return {}
-        return {"z": self.z, "step_size": self.step_size}
+        count = torch.tensor(float(self._accept_count), device=self.z.device)
+        return {
+            "z": self.z,
+            "step_size": self.step_size,
+            "accept_sum": self._accept_sum,
+            "accept_count": count,
+        }
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        if self.z is not None and self.step_size is not None:
+        if self.z is not None and self.step_size is not None and self._accept_sum is not None:
             self.z.copy_(tensors["z"])
             self.step_size.copy_(tensors["step_size"])
+            self._accept_sum.copy_(tensors["accept_sum"])
+            self._accept_count = int(tensors["accept_count"].item())
 
     def metrics(self, model: VAE, x: Tensor) -> dict[str, float]:
         """None: the model has no trained encoder to score held-out data with. Estimate its

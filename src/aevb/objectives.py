@@ -136,9 +136,9 @@ def _transform_noise(posterior: Distribution, noise: Tensor) -> Tensor:
         return posterior.mean + posterior.stddev * noise
     if hasattr(posterior, "scale_tril"):
         return posterior.loc + (posterior.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)
-    raise TypeError(
-        f"shared noise needs a Gaussian posterior, not {type(posterior).__name__}; score rows "
-        "with independent draws instead"
+    raise ConfigError(
+        f"per-row scores share one set of standard-normal draws, which needs a Gaussian "
+        f"posterior, not {type(posterior).__name__}; use aevb evaluate (independent draws)"
     )
 
 

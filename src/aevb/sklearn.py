@@ -92,13 +92,13 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """Fit to X: (n_samples, n_features). ``y`` is ignored."""
         X = self._validate(X, reset=True)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        self._start(X, seed)
         held = np.zeros(len(X), dtype=bool)
         if self.early_stopping:
             count = max(1, round(self.validation_fraction * len(X)))
             if count >= len(X):
                 raise ValueError("early_stopping needs more samples than the validation split")
             held[np.random.default_rng(seed).permutation(len(X))[:count]] = True
+        self._start(X[~held], seed)  # the transforms are fitted on the training rows only
         callbacks = []
         best = BestWeights()
         if self.early_stopping:
@@ -126,7 +126,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if first:
             self._start(X, int(check_random_state(self.random_state).randint(2**31 - 1)))
             self.history_, self.n_iter_ = [], 0
-        self._trainer(X, []).fit(1)
+        self.history_ += self._trainer(X, []).fit(1).history
         self.model_.eval()
         self.n_iter_ += 1
         return self

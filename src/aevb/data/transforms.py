@@ -204,14 +204,16 @@ def choose_transforms(
     is (``binary_likelihood``) or is not a distribution over {0, 1}.
 
     Defaults: a binary likelihood binarizes grey data dynamically (binary data pass through
-    a static draw unchanged); a real-valued likelihood standardises tables (not images). Returns
+    a static draw unchanged); a real-valued likelihood standardises tables (not images) and
+    binarizes nothing. Returns
     the transforms and the resolved ``binarize`` and ``standardize`` settings; impossible
     combinations raise :class:`~aevb.errors.DataError` or :class:`~aevb.errors.ConfigError`.
     """
     low, high = float(train.min()), float(train.max())
     in_unit_interval = low >= 0.0 and high <= 1.0
     if binarize is None:
-        binarize = "static" if binary_data else "dynamic" if binary_likelihood else "none"
+        # Binary data under a Bernoulli likelihood pass a static draw unchanged (and say so).
+        binarize = ("static" if binary_data else "dynamic") if binary_likelihood else "none"
     if standardize is None:
         standardize = not binary_likelihood and not is_image and binarize == "none"
     if binary_likelihood:

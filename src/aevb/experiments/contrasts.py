@@ -396,7 +396,7 @@ def autoencoder_vs_vae(
 ) -> dict:
     """Train a plain autoencoder and a VAE alike, and measure how regular their codes are.
 
-    Both use ``aevb.training.train`` with the same networks (``hidden``, ``latent_dim``), data
+    Both use :func:`aevb.runs.train` with the same networks (``hidden``, ``latent_dim``), data
     (the library's default likelihood and binarization for ``dataset``), Adam (``lr``,
     ``batch_size``), ``seed`` and ``epochs``; only the objective differs ("autoencoder" vs
     "sgvb-b"). Runs go to ``out_dir/runs/{autoencoder,vae}`` (which must not exist yet); the
@@ -861,9 +861,9 @@ def pca_vs_linear_vae(
     at the pPCA MLE √σ², objective "sgvb-b", diagonal posterior), both from the same seeded
     initialisation, trained by Adam for ``epochs`` passes over the training split (default:
     full batch, so an epoch is one step) with the learning rate annealed from ``lr`` to 0 on
-    a cosine. (A loop of its own rather than :func:`aevb.training.train`, whose per-epoch
-    checkpoint and validation cost tens of milliseconds, more than a full-batch step here,
-    and which has no annealing; without annealing Adam keeps jittering around the optimum.)
+    a cosine (without annealing Adam keeps jittering around the optimum), through the
+    :class:`~aevb.train.Trainer` with no run folder: no per-epoch checkpoint or validation,
+    which would cost more than a full-batch step here.
 
     Measured: the largest principal angle (degrees) between the PCA subspace and each decoder's
     column space; the linear VAE's exact test log-likelihood from its decoder, N(b, WWᵀ + σ²I)

@@ -1,7 +1,7 @@
 """The paper's experiments (Kingma & Welling 2014, §5), one function per figure.
 
 Each ``figure*`` function trains what the figure needs with the paper's set-up
-(:mod:`aevb.presets`), writes ``figureN.csv`` (every point), ``figureN.png`` and
+(:mod:`aevb.experiments.presets`), writes ``figureN.csv`` (every point), ``figureN.png`` and
 ``figureN.md`` (a summary; Figure 2 adds the dataset to the name: ``figure2-frey.*``) into
 ``out_dir``, and returns the rows. Training runs are ordinary aevb run folders under
 ``out_dir/runs``; calling a function again resumes unfinished runs and reuses finished ones

@@ -150,14 +150,23 @@ class Checkpoint(Callback):
 
 
 class MetricsFile(Callback):
-    """Writes every epoch's record so far as one JSON object per line (atomically)."""
+    """Writes every epoch's record so far as one JSON object per line (atomically), after
+    each epoch and when training (re)starts (so the file always matches the state trained
+    from)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+    def _write(self, trainer: Trainer) -> None:
         lines = "".join(json.dumps(r) + "\n" for r in trainer.state.history)
         ckpt.atomic_write_text(self.path, lines)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.state.history:
+            self._write(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
+        self._write(trainer)
 
 
 class ProgressBar(Callback):

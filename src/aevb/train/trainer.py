@@ -144,13 +144,13 @@ class Trainer:
                 callback.on_fit_start(self)
             while self.state.epoch < self.epochs and not self.state.stopped_early:
                 self.train_epoch()
+            if self.state.stopped_early:
+                warn_if_warmup_incomplete(self.state.step, self.objective)
+            for callback in self.callbacks:
+                callback.on_fit_end(self)
         finally:
             for callback in self.callbacks:
                 callback.close(self)
-        if self.state.stopped_early:
-            warn_if_warmup_incomplete(self.state.step, self.objective)
-        for callback in self.callbacks:
-            callback.on_fit_end(self)
         return self.state
 
     def train_epoch(self) -> dict:

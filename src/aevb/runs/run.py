@@ -1,0 +1,565 @@
+"""Run folders: a training run on disk, above the loop. :func:`train` starts one, :func:`resume`
+continues one, :func:`load_run` opens one to use its model.
+
+A run folder holds:
+
+* ``config.json`` — ``format``, the settings (:class:`~aevb.runs.config.TrainConfig`, with
+  everything decided at the start filled in), the model as a factory import path plus JSON
+  arguments (:class:`~aevb.builders.ModelSpec`; nothing is pickled), and the data: name,
+  example shape, split sizes and the transforms (binarization, standardisation) every later
+  use applies;
+* ``checkpoints/last.safetensors`` — everything to resume bit for bit;
+  ``checkpoints/best.safetensors`` — the weights of the best epoch by the objective's judged
+  metric;
+* ``metrics.jsonl`` — one object per epoch: ``epoch``, ``step``, ``train_<metric>`` and
+  ``val_<metric>`` (the ELBO, its reconstruction and KL; the reconstruction alone for an
+  autoencoder), ``epoch_seconds`` (that epoch's training time);
+* ``summary.json`` — the test metrics of the best weights, the best epoch, times;
+* ``curves.png``, and for images ``samples.png`` and ``reconstructions.png``.
+
+Everything a run decides is checked before the folder is created, so a refused command can be
+corrected and run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from aevb.builders import ModelSpec
+from aevb.data.datasets import Dataset, load_dataset
+from aevb.data.loaders import TensorLoader
+from aevb.data.transforms import Transforms, choose_transforms
+from aevb.devices import resolve_device
+from aevb.diagnostics import warn_if_collapsed
+from aevb.distributions import support_is_binary
+from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
+from aevb.evaluation import Evaluation, evaluate, log_likelihood_per_example
+from aevb.models import VAE
+from aevb.objectives import Objective, make_objective
+from aevb.plots import write_image_plots
+from aevb.runs.config import TrainConfig
+from aevb.train import checkpoint as ckpt
+from aevb.train.callbacks import (
+    Callback,
+    Checkpoint,
+    CurvePlot,
+    EarlyStopping,
+    MetricsFile,
+    ProgressBar,
+    SignalHandler,
+    Validation,
+    in_data_units,
+)
+from aevb.train.optim import make_optimizer
+from aevb.train.step import should_compile
+from aevb.train.trainer import Trainer
+
+__all__ = [
+    "BEST",
+    "CONFIG_FILE",
+    "LAST",
+    "Run",
+    "RunRecord",
+    "RunSession",
+    "load_model",
+    "load_run",
+    "read_run",
+    "resume",
+    "start_run",
+    "train",
+]
+
+FORMAT = 2
+CONFIG_FILE = "config.json"
+LAST = "checkpoints/last.safetensors"
+BEST = "checkpoints/best.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``config.json`` holds: the settings, the model's spec, the data's description
+    (``name``, ``event_shape``, split sizes) and its transforms; ``custom_model`` when the
+    model came from a factory of the user's."""
+
+    config: TrainConfig
+    spec: ModelSpec
+    data: dict[str, Any]
+    transforms: Transforms
+    custom_model: bool
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.data["event_shape"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "train": self.config.to_dict(include_model=not self.custom_model),
+            "model": self.spec.to_dict(),
+            "custom_model": self.custom_model,
+            "data": {**self.data, "transforms": self.transforms.to_list()},
+        }
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """The checked ``config.json`` of a run folder."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise AevbError(f"{run_dir} is not an aevb run folder (no {CONFIG_FILE})")
+    try:
+        values = json.loads(path.read_text())
+        if values.get("format") != FORMAT:
+            raise AevbError(
+                f"{path} was written by another version of aevb (format "
+                f"{values.get('format', 1)}, this version reads {FORMAT}); train the run again"
+            )
+        data = dict(values["data"])
+        transforms = Transforms.from_list(data.pop("transforms"))
+        return RunRecord(
+            TrainConfig.from_dict(values["train"]),
+            ModelSpec.from_dict(values["model"]),
+            data,
+            transforms,
+            bool(values.get("custom_model", False)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        if isinstance(error, AevbError):
+            raise
+        raise AevbError(f"{path} is corrupt: {error}") from error
+
+
+# --------------------------------------------------------------------------- starting a run
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    model: ModelSpec | None = None,
+    dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> dict:
+    """Start a new run in ``run_dir`` (which must not already hold one); return its summary.
+
+    ``model``: a factory of the user's (:meth:`ModelSpec.of`) instead of the built-in
+    architecture the config describes. ``dataset`` replaces loading ``config.dataset``.
+    ``callbacks`` run after the run folder's own (checkpoint, metrics) at each epoch's end.
+    """
+    return start_run(
+        config, run_dir, model=model, dataset=dataset, callbacks=callbacks, progress=progress
+    ).run()
+
+
+def start_run(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    model: ModelSpec | None = None,
+    dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> RunSession:
+    """Everything :func:`train` does before training: check every setting against the data
+    and the model, write the run folder's ``config.json`` and build the Trainer. Returns the
+    session: :meth:`RunSession.run` trains and finishes the run; ``session.trainer`` can also
+    be driven directly (:meth:`aevb.train.Trainer.train_epoch`)."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).exists():
+        raise AevbError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+            "another output folder"
+        )
+    custom_model = model is not None
+    if custom_model:
+        config.check_custom_model()
+    if dataset is None:
+        dataset = _load(config, progress)
+    if model is None:
+        config = config.resolved_for(dataset)
+        model = config.model_spec(dataset.event_shape)
+    device = resolve_device(config.device)
+    network = _build(model, config.seed, device)
+    transforms, binarize, standardize = choose_transforms(
+        dataset.train,
+        dataset.name,
+        dataset.binary,
+        dataset.is_image,
+        _likelihood_is_binary(network, dataset),
+        config.binarize,
+        config.standardize,
+    )
+    config = dataclasses.replace(config, binarize=binarize, standardize=standardize)
+    data = {
+        "name": dataset.name,
+        "event_shape": list(dataset.event_shape),
+        "num_train": len(dataset.train),
+        "num_val": len(dataset.val),
+        "num_test": len(dataset.test),
+    }
+    record = RunRecord(config, model, data, transforms, custom_model)
+    session = RunSession(record, run_dir, network, dataset, device, callbacks, progress)
+    session.preflight()
+    run_dir.joinpath("checkpoints").mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(run_dir)
+    ckpt.atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
+    return session
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    device: str | None = None,
+    compile: bool | None = None,
+    dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint, optionally to more ``epochs``,
+    on another ``device`` or with ``compile`` switched (``None`` keeps each as it was).
+
+    A run killed before its first checkpoint starts over, which, seeded the same way, is the
+    run it would have been.
+    """
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    changes = {"epochs": epochs, "device": device, "compile": compile}
+    config = dataclasses.replace(
+        record.config, **{k: v for k, v in changes.items() if v is not None}
+    )
+    record = dataclasses.replace(record, config=config)
+    if dataset is None:
+        dataset = _load(config, progress)
+    _check_same_data(record, dataset, run_dir)
+    device_ = resolve_device(config.device)
+    network = _build(record.spec, config.seed, device_)
+    session = RunSession(record, run_dir, network, dataset, device_, callbacks, progress)
+    _remove_leftovers(run_dir)
+    # The settings resuming may change (epochs, device, compile), as the run now has them.
+    ckpt.atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
+    if (run_dir / LAST).exists():
+        session.restore(run_dir / LAST)
+    return session.run()
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Temporary files of writes cut short by a kill; never read, so just removed."""
+    for leftover in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:
+        leftover.unlink(missing_ok=True)
+
+
+def _load(config: TrainConfig, progress: bool) -> Dataset:
+    return load_dataset(
+        config.dataset, config.data_dir, val_fraction=config.val_fraction, progress=progress
+    )
+
+
+def _build(spec: ModelSpec, seed: int, device: torch.device) -> VAE:
+    """The model of ``spec``, its parameters drawn after seeding with ``seed``."""
+    torch.manual_seed(seed)
+    return spec.build().to(device)
+
+
+def _likelihood_is_binary(model: VAE, dataset: Dataset) -> bool:
+    """Whether the model's likelihood is a distribution over {0, 1} (read from its support)."""
+    like = torch.zeros(1, *dataset.event_shape, device=next(model.parameters()).device)
+    with torch.no_grad():
+        try:
+            likelihood = model.likelihood(like.new_zeros(1, model.latent_dim))
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise ConfigError(f"the model's decoder failed on a latent vector: {error}") from error
+    return support_is_binary(likelihood, like)
+
+
+def _check_same_data(record: RunRecord, dataset: Dataset, run_dir: Path) -> None:
+    if dataset.event_shape != record.event_shape or len(dataset.train) != record.data["num_train"]:
+        raise DataError(
+            f"{record.config.dataset} now has {len(dataset.train)} training rows of shape "
+            f"{dataset.event_shape}, but the run in {run_dir} was trained on "
+            f"{record.data['num_train']} rows of shape {record.event_shape}"
+        )
+
+
+class RunSession:
+    """A run being trained: its ``record`` (what ``config.json`` holds), its ``trainer`` with
+    the run folder's callbacks, and what follows training (:meth:`run`)."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        run_dir: Path,
+        model: VAE,
+        dataset: Dataset,
+        device: torch.device,
+        callbacks: Sequence[Callback],
+        progress: bool,
+    ):
+        config, transforms = record.config, record.transforms
+        self.record, self.run_dir, self.dataset, self.progress = record, run_dir, dataset, progress
+        self.objective: Objective = make_objective(config.objective, **config.objective_options())
+        optimizer = make_optimizer(
+            config.optimizer,
+            self.objective.trainable_parameters(model),
+            config.lr,
+            config.weight_decay,
+        )
+        self.loader = TensorLoader(
+            torch.from_numpy(dataset.train).to(device), config.batch_size, transforms
+        )
+        self.val_x = _prepared(transforms, dataset.val, device)
+        log_det = transforms.log_abs_det_jacobian
+        own: list[Callback] = [Validation(self.val_x, log_det)]
+        if config.patience is not None:
+            own.append(EarlyStopping(config.patience))
+        # The metrics file before the checkpoint: a kill between the two writes leaves a
+        # record of an epoch the resumed run redoes (and rewrites), never a checkpointed epoch
+        # without its record.
+        own += [
+            MetricsFile(run_dir / METRICS_FILE),
+            Checkpoint(run_dir / LAST, run_dir / BEST, config.checkpoint_every),
+            *callbacks,
+        ]
+        if progress:
+            own.append(ProgressBar())
+        own += [SignalHandler(), CurvePlot(run_dir / "curves.png")]
+        try:
+            self.trainer = Trainer(
+                model,
+                self.objective,
+                self.loader,
+                optimizer,
+                callbacks=own,
+                compile=config.compile,
+                precision=config.precision,
+                clip_grad_norm=config.clip_grad_norm,
+                max_nonfinite_steps=config.max_nonfinite_steps,
+            )
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            if isinstance(error, AevbError):
+                raise
+            raise ConfigError(f"the model does not fit the data: {error}") from error
+        self._started = time.perf_counter()
+
+    def preflight(self) -> None:
+        """One loss evaluation on two training rows, without touching the random state, so
+        that a model that does not fit its data fails before the run folder exists."""
+        if self.objective.custom_update:
+            return
+        device = self.trainer.device
+        cuda = [device] if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            try:
+                loss = self.objective(self.trainer.model, self.loader.head(2)).loss
+            except (RuntimeError, ValueError, TypeError, IndexError) as error:
+                if isinstance(error, AevbError):
+                    raise
+                raise ConfigError(f"the model does not fit the data: {error}") from error
+        if loss.dim() != 0:
+            raise ConfigError(f"the objective's loss has shape {tuple(loss.shape)}, not a scalar")
+
+    def restore(self, path: Path) -> None:
+        tensors, metadata = ckpt.load_checkpoint(path)
+        try:
+            self.trainer.restore(tensors, metadata)
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise AevbError(f"checkpoint {path} does not fit this run: {error}") from error
+
+    def run(self) -> dict:
+        """Train, then evaluate the best weights on the test split and write the summary and
+        the image plots."""
+        config, trainer = self.record.config, self.trainer
+        if self.progress:
+            d, c = self.dataset, config
+            steps = c.epochs * trainer.steps_per_epoch
+            compiled = should_compile(c.compile, trainer.device, steps)
+            kl = self.objective.kl_rule
+            tqdm.write(
+                f"{d.name}: {len(d.train)} train / {len(d.val)} validation / {len(d.test)} test, "
+                f"shape {d.event_shape}; data: {self.record.transforms.describe()}; objective "
+                f"{c.objective}{f', {kl.description} KL' if kl else ''}; device "
+                f"{trainer.device} ({'compiled' if compiled else 'eager'}, {c.precision}); "
+                f"run folder {self.run_dir}",
+                file=sys.stderr,
+            )
+        try:
+            trainer.fit(config.epochs)
+        except TrainingInterrupted as interrupted:
+            raise TrainingInterrupted(
+                f"{interrupted}; a checkpoint was written to {self.run_dir / LAST}", self.run_dir
+            ) from None
+        except NumericalFault as fault:
+            raise NumericalFault(
+                f"{fault}. {self.run_dir / LAST} holds that last good state"
+            ) from None
+        return self.finish()
+
+    def finish(self) -> dict:
+        model, state = self.trainer.model, self.trainer.state
+        if (self.run_dir / BEST).exists():
+            model.load_state_dict(load_weights(self.run_dir / BEST))
+        transforms = self.record.transforms
+        test_x = _prepared(transforms, self.dataset.test, self.trainer.device)
+        metrics = in_data_units(
+            self.objective.metrics(model, test_x), transforms.log_abs_det_jacobian
+        )
+        if "active_units" in metrics:
+            warn_if_collapsed(metrics["active_units"], model.latent_dim)
+        summary: dict[str, Any] = {f"test_{name}": value for name, value in metrics.items()}
+        summary.update(
+            {
+                "best_epoch": state.best_epoch,
+                f"best_{state.monitor or 'value'}": (
+                    state.best_value if state.best_epoch > 0 else None
+                ),
+                "epochs": state.epoch,
+                "steps": state.step,
+                "stopped_early": state.stopped_early,
+                "train_seconds": state.train_seconds,
+                "wall_seconds": time.perf_counter() - self._started,
+                "device": str(self.trainer.device),
+            }
+        )
+        ckpt.atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        if self.dataset.is_image:
+            write_image_plots(self.run_dir, model, test_x, transforms.inverse)
+        return summary
+
+
+def _prepared(transforms: Transforms, rows: np.ndarray, device: torch.device) -> Tensor:
+    """Held-out rows in the model's space, on ``device``."""
+    return transforms.prepare(torch.from_numpy(np.ascontiguousarray(rows))).to(device)
+
+
+def load_weights(path: str | Path) -> dict[str, Tensor]:
+    """The model weights of a checkpoint."""
+    tensors, _ = ckpt.load_checkpoint(path)
+    return ckpt.unprefixed("model.", tensors)
+
+
+# --------------------------------------------------------------------------- using a run
+class Run:
+    """A trained run, opened with :func:`load_run`: its ``model`` (a ``torch.nn.Module`` in
+    eval mode), ``record`` (settings, model spec, data and transforms) and ``run_dir``.
+
+    Its methods take data as loaded (:func:`aevb.data.load_dataset`, a table's rows) and apply
+    the run's transforms, so they give the numbers ``aevb evaluate`` / ``score`` / ``embed``
+    give; :meth:`prepare` alone gives the model-space data the core functions expect.
+    """
+
+    def __init__(self, run_dir: Path, record: RunRecord, model: VAE):
+        self.run_dir, self.record, self.model = run_dir, record, model
+        self._dataset: Dataset | None = None
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.record.config
+
+    @property
+    def transforms(self) -> Transforms:
+        return self.record.transforms
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.record.event_shape) == 3
+
+    def split(self, name: str, limit: int | None = None) -> Tensor:
+        """The first ``limit`` rows of the run's ``train``, ``val`` or ``test`` split, as
+        loaded (before the transforms): (N, *data_shape) on the CPU."""
+        if name not in SPLITS:
+            raise AevbError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
+        if self._dataset is None:
+            self._dataset = _load(self.config, progress=False)
+            if self._dataset.event_shape != self.record.event_shape:
+                raise DataError(
+                    f"{self.config.dataset} now has rows of shape {self._dataset.event_shape}, "
+                    f"but the model in {self.run_dir} was trained on {self.record.event_shape}"
+                )
+        rows = self._dataset.split(name)[:limit]
+        if len(rows) == 0:
+            raise AevbError(f"the {name} split of {self.config.dataset} is empty")
+        return torch.from_numpy(np.ascontiguousarray(rows))
+
+    def prepare(self, x: np.ndarray | Tensor, where: str = "the data") -> Tensor:
+        """Rows as loaded → the model's space (the run's binarization with its fixed
+        evaluation seed, standardisation), on the model's device."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x)
+        if tuple(x.shape[1:]) != self.record.event_shape:
+            raise DataError(
+                f"{where} has rows of shape {tuple(x.shape[1:])}, but the model in "
+                f"{self.run_dir} was trained on rows of shape {self.record.event_shape}"
+            )
+        self.transforms.check(x, where)
+        return self.transforms.prepare(x.float()).to(self.device)
+
+    def evaluate(self, x: np.ndarray | Tensor, **options: Any) -> Evaluation:
+        """:func:`aevb.evaluation.evaluate` of rows as loaded, in the data's units."""
+        result = evaluate(self.model, self.prepare(x), **options)
+        return result.in_data_units(self.transforms.log_abs_det_jacobian)
+
+    def log_likelihood_per_example(
+        self,
+        x: np.ndarray | Tensor,
+        importance_samples: int = 1000,
+        seed: int = 0,
+        where: str = "the data",
+    ) -> Tensor:
+        """Each row's importance-sampled log p(x), nats (float64), in the data's units."""
+        x = self.prepare(x, where)
+        values = log_likelihood_per_example(self.model, x, importance_samples, seed)
+        return values + self.transforms.log_abs_det_jacobian
+
+    @torch.no_grad()
+    def encode(self, x: np.ndarray | Tensor, where: str = "the data") -> Distribution:
+        """q(z|x) of rows as loaded."""
+        return self.model.posterior(self.prepare(x, where))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = True) -> Tensor:
+        """Ancestral samples (decoder means unless ``mean=False``) in the data's units."""
+        return self.transforms.inverse(self.model.sample(num_samples, mean=mean))
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray | Tensor) -> Tensor:
+        """Decoder means at the posterior means of rows as loaded, in the data's units."""
+        return self.transforms.inverse(self.model.reconstruct(self.prepare(x)))
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:
+    """Open the run in ``run_dir`` with its ``best`` (or ``last``) weights on ``device``."""
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    if which not in ("best", "last"):
+        raise AevbError(f"which must be 'best' or 'last', got {which!r}")
+    model = record.spec.build()
+    path = run_dir / (BEST if which == "best" else LAST)
+    if which == "best" and not path.exists():
+        path = run_dir / LAST
+    try:
+        model.load_state_dict(load_weights(path))
+    except RuntimeError as error:
+        raise AevbError(f"{path} does not match the model in {run_dir}/config.json") from error
+    return Run(run_dir, record, model.to(resolve_device(device)).eval())
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> VAE:
+    """The trained model of a run folder (``which`` = ``best`` or ``last`` checkpoint)."""
+    return load_run(run_dir, which, device).model
