@@ -5,8 +5,8 @@ The differentiable part of a step (encode, sample, decode, objective, metrics) i
 :func:`training_loss`. The fast path runs that same function compiled:
 
 * on the CPU, inductor fuses the element-wise work around the matrix products (5–13% off
-  an epoch of the paper's MNIST model on two cores, docs/performance.md), at the price of a compile of 3–30 s when
-  the run starts;
+  an epoch of the paper's MNIST model on two cores, docs/performance.md), at the price of a
+  compile of 3–30 s when the run starts;
 * on CUDA, the forward and backward are also captured in CUDA graphs (inductor's
   ``reduce-overhead``), which removes the per-kernel launch cost that bounds a small model's
   step on a large GPU.
