@@ -1,10 +1,11 @@
 """Loaders: minibatches of training data, one epoch at a time.
 
 The :class:`Loader` interface is what :class:`aevb.train.Trainer` consumes; :class:`TensorLoader`
-serves slices of one tensor already on the training device — each epoch draws a permutation
-(and, for dynamic binarization, a Bernoulli draw) on the device, and batches are contiguous
-slices of the permuted tensor, so a step has no host work. A loader for data larger than
-memory implements the same interface.
+serves rows of one tensor already on the training device — each epoch draws a permutation
+(and, for dynamic binarization, a Bernoulli draw into a buffer kept across epochs) on the
+device, and each batch gathers its rows of the permutation, so a step has no host work and an
+epoch allocates no copy of the table. A loader for data larger than memory implements the same
+interface.
 
 Random draws come from torch's global generator, in a fixed order (permutation, then the
 binarization), so that a run that saves the random state at an epoch's start redraws the same
@@ -78,15 +79,18 @@ class DynamicBinarization:
             self.uncertain = uncertain.nonzero().squeeze(1)
             self.probabilities = flat[self.uncertain]
 
-    def draw(self) -> Tensor:
-        """One binary draw of the whole table: same shape and dtype as ``grey``."""
+    def draw(self, out: Tensor | None = None) -> Tensor:
+        """One binary draw of the whole table: same shape and dtype as ``grey``, written into
+        ``out`` (a contiguous tensor of that shape) if given, so that no table is allocated."""
+        if out is None:
+            out = torch.empty_like(self.grey, memory_format=torch.contiguous_format)
         if not self.sparse:
             # u < p with u uniform: twice as fast as torch.bernoulli.
-            return (torch.rand_like(self.grey) < self.grey).to(self.grey.dtype)
-        binary = self.certain.clone()
+            return torch.lt(torch.rand_like(self.grey), self.grey, out=out)
+        out.copy_(self.certain)
         draws = torch.rand_like(self.probabilities) < self.probabilities
-        binary.view(-1)[self.uncertain] = draws.to(binary.dtype)
-        return binary
+        out.view(-1)[self.uncertain] = draws.to(out.dtype)
+        return out
 
 
 class TensorLoader:
@@ -110,6 +114,8 @@ class TensorLoader:
         self.transforms = transforms or Transforms()
         self.shuffle = shuffle
         self._raw = x
+        self._drawn: Tensor | None = None  # the binary draw, reused each epoch
+        self._epochs_drawn = 0
         if self.transforms.dynamic_binarization:
             self._binarization: DynamicBinarization | None = DynamicBinarization(x)
             self._x = x
@@ -135,14 +141,21 @@ class TensorLoader:
             if self.shuffle
             else torch.arange(n, device=self._x.device)
         )
-        x = self._binarization.draw() if self._binarization is not None else self._x
-        x = x[order]
-        return self._batches(x, order, skip)
+        x = self._x
+        if self._binarization is not None:
+            x = self._drawn = self._binarization.draw(out=self._drawn)
+        self._epochs_drawn += 1
+        return self._batches(x, order, skip, self._epochs_drawn)
 
-    def _batches(self, x: Tensor, order: Tensor, skip: int) -> Iterator[Batch]:
+    def _batches(self, x: Tensor, order: Tensor, skip: int, epoch: int) -> Iterator[Batch]:
+        # Each batch gathers its rows (a copy), so a step may keep its batch; an epoch's
+        # iterator read after the next epoch was drawn would see that epoch's draw, hence the
+        # check.
         for start in range(skip * self.batch_size, len(x), self.batch_size):
-            end = start + self.batch_size
-            yield Batch(x[start:end], order[start:end])
+            if epoch != self._epochs_drawn:
+                raise RuntimeError("an epoch's batches were read after the next epoch was drawn")
+            index = order[start : start + self.batch_size]
+            yield Batch(x.index_select(0, index), index)
 
     def head(self, rows: int) -> Tensor:
         return self.transforms.prepare(self._raw[:rows])
