@@ -210,8 +210,8 @@ def test_checksum_mismatch_is_refused(tmp_path: Path):
     write_idx_dataset(tmp_path)  # the fixture is not the published MNIST
     message = load_error("mnist", tmp_path)
     assert IDX_FILES[0] in message and "checksum mismatch" in message
-    assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in message  # expected
-    actual = hashlib.md5((tmp_path / "mnist" / IDX_FILES[0]).read_bytes()).hexdigest()
+    assert "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609" in message  # expected
+    actual = hashlib.sha256((tmp_path / "mnist" / IDX_FILES[0]).read_bytes()).hexdigest()
     assert actual in message and "Delete it" in message
 
 
@@ -286,8 +286,8 @@ def test_download_falls_back_to_next_mirror(tmp_path: Path, monkeypatch: pytest.
 def test_corrupt_download_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     mat = tmp_path / "frey_rawface.mat"
     scipy.io.savemat(mat, {"ff": np.zeros((560, 5), np.uint8)})
-    trust_digest = hashlib.md5(mat.read_bytes()).hexdigest()
-    monkeypatch.setitem(data._CHECKSUMS, ("frey", "frey_rawface.mat"), ("md5", trust_digest))
+    trust_digest = hashlib.sha256(mat.read_bytes()).hexdigest()
+    monkeypatch.setitem(data._CHECKSUMS, ("frey", "frey_rawface.mat"), ("sha256", trust_digest))
     url = data._MIRRORS["frey"][0] + "frey_rawface.mat"
     serve(monkeypatch, {url: mat.read_bytes()[:-1] + b"X"})
     message = load_error("frey", download=True, cache_dir=tmp_path / "cache")

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from aevb import heads
 from aevb.errors import ConfigError
+from aevb.limits import check_memory
 from aevb.models import VAE, Decoder, Encoder
 from aevb.networks import MLP, ConvDecoderNetwork, ConvEncoderNetwork, initialise
 from aevb.priors import MixtureOfGaussians, StandardNormal, VampPrior
@@ -112,9 +114,30 @@ class ModelSpec:
             )
         return function
 
-    def build(self) -> VAE:
-        """Call the factory with the arguments; the result must be a VAE."""
+    def build(self, copies: int = 0) -> VAE:
+        """Call the factory with the arguments; the result must be a VAE.
+
+        With ``copies`` > 0 the model is first built on the ``meta`` device (no memory, no
+        initialisation) and refused if ``copies`` times its parameters would take more than
+        half the available memory (:func:`aevb.limits.check_memory`). A factory that cannot
+        build on the meta device is not checked."""
         factory = self.resolve()
+        if copies:
+            try:
+                with torch.device("meta"):
+                    meta = factory(**self.arguments)
+            except Exception:  # any failure here only means "not measured"
+                meta = None
+            if isinstance(meta, nn.Module):
+                count = sum(p.numel() for p in meta.parameters())
+                size = sum(p.numel() * p.element_size() for p in meta.parameters())
+                check_memory(
+                    copies * size,
+                    f"the model ({count:,} parameters, {copies} cop{'ies' if copies > 1 else 'y'})",
+                    "choose smaller layers (--hidden, --latent-dim, --channels, "
+                    "--prior-components)",
+                    share=0.5,
+                )
         try:
             model = factory(**self.arguments)
         except (TypeError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as e:
@@ -137,7 +160,20 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
-        return cls(values["factory"], dict(values.get("arguments", {})), values.get("source"))
+        """The spec recorded as ``values`` (a run's ``model``); wrong types raise
+        :class:`~aevb.errors.ConfigError`."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a model spec must be an object, got {values!r:.60}")
+        factory, arguments = values.get("factory"), values.get("arguments", {})
+        source = values.get("source")
+        if not isinstance(factory, str) or not isinstance(arguments, dict):
+            raise ConfigError(
+                "a model spec needs 'factory' (a string 'package.module:function') and "
+                "'arguments' (an object)"
+            )
+        if source is not None and not isinstance(source, str):
+            raise ConfigError(f"a model spec's 'source' must be a file path, got {source!r:.60}")
+        return cls(factory, dict(arguments), source)
 
 
 def _import(module_name: str, source: str | None):

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aevb.errors import AevbError, TrainingInterrupted
+from aevb.limits import MAX_SEED
+from aevb.storage import (
+    atomic_write_text,
+    check_output_file,
+    check_output_folder,
+    make_folder,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +44,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {text}")
     return value
 
 
@@ -62,6 +78,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             options.update(type=_positive_int, nargs="+", metavar="N")
         elif meta["choices"]:
             options["choices"] = meta["choices"]
+        elif field.name == "seed":
+            options["type"] = _seed
         elif kind is int:
             options["type"] = _positive_int if (meta["minimum"] or 0) >= 1 else int
         elif kind is float:
@@ -101,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--draw", action="store_true", help="draw x ~ p(x|z) instead of showing the decoder mean"
     )
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=_seed, default=0)
     sample.add_argument("--device", default="cpu")
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct held-out images")
@@ -143,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="best",
         help="checkpoint to evaluate (default best)",
     )
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=_seed, default=0)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -189,7 +207,7 @@ def _add_table_commands(commands) -> None:
         default=1000,
         help="k draws from the encoder per row (default 1000)",
     )
-    score.add_argument("--seed", type=int, default=0)
+    score.add_argument("--seed", type=_seed, default=0)
 
 
 def _add_reproduce(commands) -> None:
@@ -216,7 +234,7 @@ def _add_reproduce(commands) -> None:
             action="store_true",
             help=f"the paper's {FULL_TRAIN_SAMPLES:.0e} training samples per run (GPU-scale)",
         )
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--seed", type=_seed, default=0)
         if name in ("figure2", "figure3"):
             sub.add_argument(
                 "--lr",
@@ -266,7 +284,7 @@ def _add_reproduce(commands) -> None:
         sub.add_argument("--dataset", default=dataset, help=f"default {dataset}")
         sub.add_argument("--data-dir", help="folder holding the datasets (or AEVB_DATA_DIR)")
         sub.add_argument("--epochs", type=_positive_int, help="training epochs")
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--seed", type=_seed, default=0)
         sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         return sub
@@ -297,17 +315,41 @@ def _train(args: argparse.Namespace) -> int:
             )
             allowed = ", ".join("--" + k for k in sorted(resumable))
             raise AevbError(f"{flags} cannot change when resuming; only {allowed} can")
-        summary = resume(args.resume, progress=progress, **given)
         run_dir = args.resume
+        with _interruptible(run_dir):
+            summary = resume(run_dir, progress=progress, **given)
     else:
         config = TrainConfig(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
         )
         run_dir = args.out or f"runs/{Path(config.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = train(config, run_dir, progress=progress)
+        with _interruptible(run_dir):
+            summary = train(config, run_dir, progress=progress)
     print(json.dumps(summary, indent=2))
     print(f"run folder: {run_dir}")
     return 0
+
+
+@contextmanager
+def _interruptible(run_dir: str):
+    """Turn an interruption outside the training loop (start-up, the final evaluation and
+    plots) into :class:`TrainingInterrupted`, saying what ``run_dir`` holds."""
+    from aevb.runs import CONFIG_FILE
+
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        if (Path(run_dir) / CONFIG_FILE).exists():
+            raise TrainingInterrupted(
+                f"interrupted (signal {signum}) outside the training steps; {run_dir} holds "
+                "every checkpoint written so far",
+                run_dir,
+            ) from None
+        raise TrainingInterrupted(
+            f"interrupted (signal {signum}) before the run folder {run_dir} was written; "
+            "nothing to resume: run the command again"
+        ) from None
 
 
 def _open_image_run(args: argparse.Namespace, command: str):
@@ -324,9 +366,10 @@ def _sample(args: argparse.Namespace) -> int:
 
     from aevb.plots import save_image_grid
 
+    check_output_file(args.out, (".png",))
     run = _open_image_run(args, "sample")
     torch.manual_seed(args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(args.out).parent)
     save_image_grid(run.sample(args.num, mean=not args.draw), args.out)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
@@ -335,9 +378,10 @@ def _sample(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from aevb.plots import save_reconstructions
 
+    check_output_file(args.out, (".png",))
     run = _open_image_run(args, "reconstruct")
     x = run.split(args.split, args.num)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(args.out).parent)
     shown = run.transforms.inverse(run.prepare(x))  # the images as the model saw them
     save_reconstructions(shown, run.reconstruct(x), args.out)
     print(f"wrote {len(x)} reconstructions to {args.out}")
@@ -393,13 +437,14 @@ def _read_rows(args: argparse.Namespace, run) -> np.ndarray:
 
 def _write_csv(path: str, header: list[str], values: np.ndarray) -> None:
     """Write (N, len(header)) ``values`` under one header line; 9 significant digits."""
+    import io
+
     import numpy as np
 
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savetxt(path, values, fmt="%.9g", delimiter=",", header=",".join(header), comments="")
-    except OSError as error:
-        raise AevbError(f"cannot write {path}: {error}") from error
+    text = io.StringIO()
+    np.savetxt(text, values, fmt="%.9g", delimiter=",", header=",".join(header), comments="")
+    make_folder(Path(path).parent)
+    atomic_write_text(path, text.getvalue())
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -407,6 +452,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     from aevb.runs import load_run
 
+    check_output_file(args.out)
     run = load_run(args.run_dir, which=args.which, device=args.device)
     # All rows through the run's transforms at once, as aevb score and aevb evaluate do (a
     # Bernoulli run's fixed binarization draw covers the whole table), then encoded in batches.
@@ -429,6 +475,7 @@ def _embed(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from aevb.runs import load_run
 
+    check_output_file(args.out)
     run = load_run(args.run_dir, which=args.which, device=args.device)
     x = _read_rows(args, run)
     # Scored like the run's own evaluation data (aevb evaluate): the run's transforms, its
@@ -466,6 +513,7 @@ def _table(values: dict) -> str:
 def _reproduce(args: argparse.Namespace) -> int:
     from aevb.experiments import reproduce
 
+    make_folder(check_output_folder(args.out))
     if args.figure in ("ae-vs-vae", "pca"):
         return _contrast(args)
     out = Path(args.out)
@@ -538,8 +586,42 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so both end the same way."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aevb`` command; returns the exit status."""
+    """Entry point of the ``aevb`` command; returns the exit status.
+
+    SIGINT and SIGTERM end any command with one line and exit status 130 (the training loop
+    first finishes its step and writes a checkpoint); a user error with one ``error:`` line and
+    status 2.
+    """
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as interrupt:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        print(f"\ninterrupted (signal {signum}); nothing was left half-written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 

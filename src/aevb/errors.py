@@ -22,7 +22,17 @@ class ConfigError(AevbError, ValueError):
 
 
 class NumericalFault(AevbError):
-    """Training stopped after too many steps with a non-finite loss or gradient."""
+    """Training stopped: too many steps with a non-finite loss or gradient, parameters that
+    are no longer finite, or a diverged objective.
+
+    ``saved``: whether the callbacks were asked to keep the state in memory (it is the last
+    good one: the bad steps were skipped). When ``False`` the state in memory is bad and was
+    not saved; the last checkpoint on disk is the last good state.
+    """
+
+    def __init__(self, message: str, saved: bool = True):
+        super().__init__(message)
+        self.saved = saved
 
 
 class TrainingInterrupted(AevbError):

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
 import torch
 from torch import Tensor
@@ -104,11 +105,30 @@ def _bits_per_dim(log_likelihood: float, data_dim: int) -> float:
     return -log_likelihood / (data_dim * math.log(2))
 
 
-def check_support(model: VAE, x: Tensor) -> None:
-    """Refuse x that the model's likelihood gives no density: values other than 0 and 1 for a
-    Bernoulli likelihood (its log-probability of a grey value is not a log-likelihood)."""
+def check_data(model: VAE, x: Tensor) -> None:
+    """Refuse x that the model gives no density: rows of another shape than its likelihood's
+    event, NaN or infinite values, and values other than 0 and 1 for a Bernoulli likelihood
+    (its log-probability of a grey value is not a log-likelihood)."""
+    if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise DataError(
+            "x must be a floating-point tensor of shape (N, *data_shape), got "
+            f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}"
+        )
     with torch.no_grad():
         likelihood = model.likelihood(x.new_zeros(1, model.latent_dim))
+        event_shape = tuple(likelihood.event_shape)
+        if event_shape and tuple(x.shape[1:]) != event_shape:
+            raise DataError(
+                f"x has rows of shape {tuple(x.shape[1:])}, but the model's likelihood is over "
+                f"rows of shape {event_shape}"
+            )
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            row = int((~finite).reshape(len(x), -1).any(1).nonzero()[0])
+            raise DataError(
+                f"x holds {int((~finite).sum())} NaN or infinite value(s) (first in row {row}); "
+                "a log-likelihood of them is not defined"
+            )
         if support_is_binary(likelihood, x[:1]) and not bool(((x == 0) | (x == 1)).all()):
             raise DataError(
                 "the model's likelihood is a distribution over {0, 1} (Bernoulli), but x holds "
@@ -142,10 +162,13 @@ def evaluate(
     distribution (and as the q of the reported ELBO and KL). Values that the likelihood gives
     no density (grey values for a Bernoulli likelihood) are refused.
     """
+    check_data(model, x)
     n = len(x)
     if n == 0:
         raise ValueError("cannot evaluate on an empty data split")
-    check_support(model, x)
+    _check_counts(importance_samples=importance_samples, iwae_samples=iwae_samples)
+    if batch_size is not None:
+        _check_counts(batch_size=batch_size)
     data_dim = x[0].numel()
     k = int(importance_samples)
     m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
@@ -197,6 +220,12 @@ def evaluate(
     )
 
 
+def _check_counts(**counts: object) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _chunk_sizes(
     x: Tensor, k: int, batch_size: int | None, chunk_elements: int | None
 ) -> tuple[int, int]:
@@ -223,7 +252,8 @@ def log_likelihood_per_example(
     training data: an anomaly score with the sign flipped. x is in the model's space, as for
     :func:`evaluate`.
     """
-    check_support(model, x)
+    check_data(model, x)
+    _check_counts(importance_samples=importance_samples)
     k = int(importance_samples)
     batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None)
     was_training = model.training

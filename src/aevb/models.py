@@ -14,6 +14,7 @@ dimension. The objectives (:mod:`aevb.objectives`) only ever see the distributio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +102,12 @@ class VAE(nn.Module):
 
         Returns (num_samples, *data_shape).
         """
+        if (
+            isinstance(num_samples, bool)
+            or not isinstance(num_samples, Integral)
+            or num_samples < 1
+        ):
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         z = self.prior().sample((num_samples,))
         likelihood = self.likelihood(z)
         return likelihood.mean if mean else likelihood.sample()

@@ -1,11 +1,13 @@
 """Figures: image grids of samples and reconstructions, and training curves (PNG files).
 
 Uses matplotlib's object API (``Figure``) rather than pyplot, so no display or global
-backend state is involved.
+backend state is involved. Each PNG is rendered in memory and written atomically
+(:func:`aevb.storage.atomic_write_bytes`), so a kill or a full disk never leaves half a file.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,14 @@ from torch import Tensor
 
 from aevb.evaluation import fixed_randomness
 from aevb.models import VAE
+from aevb.storage import atomic_write_bytes
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> None:
+    """Write ``figure`` as a PNG to ``path``, atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -55,7 +65,9 @@ def save_image_grid(
     grid = np.clip(image_grid(images, ncols), 0.0, 1.0)
     k = max(1, math.ceil(min_pixels / max(grid.shape[:2])))
     block = np.ones((k, k) + (1,) * (grid.ndim - 2), dtype=grid.dtype)
-    imsave(path, np.kron(grid, block), cmap="gray", vmin=0, vmax=1)
+    buffer = io.BytesIO()
+    imsave(buffer, np.kron(grid, block), cmap="gray", vmin=0, vmax=1, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_reconstructions(
@@ -95,7 +107,7 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, metric: str 
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
 
 
 def write_image_plots(
@@ -156,7 +168,7 @@ def plot_curves(
     axes_list[0].legend(fontsize="small")
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
 
 
 def save_manifolds(
@@ -171,7 +183,7 @@ def save_manifolds(
         axes.set_title(f"{name}: learned 2-D manifold")
         axes.set_axis_off()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
 
 
 def save_sample_panels(panels: Sequence[tuple[str, np.ndarray]], path: str | Path) -> None:
@@ -183,4 +195,4 @@ def save_sample_panels(panels: Sequence[tuple[str, np.ndarray]], path: str | Pat
         axes.set_title(name)
         axes.set_axis_off()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)

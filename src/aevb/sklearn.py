@@ -21,14 +21,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
-from aevb.builders import mlp
+from aevb.builders import LIKELIHOODS, POSTERIORS, ModelSpec, mlp
 from aevb.data import Standardize, TensorLoader, choose_transforms
-from aevb.devices import resolve_device
+from aevb.data.tables import check_outliers, outlier_bounds
+from aevb.devices import check_device_name, resolve_device
 from aevb.evaluation import fixed_randomness, log_likelihood_per_example
+from aevb.limits import TRAINING_COPIES
 from aevb.objectives import make_objective
 from aevb.train import BestWeights, EarlyStopping, ProgressBar, Trainer, Validation, make_optimizer
 
 __all__ = ["VAE"]
+
+# The objectives the estimator trains with (those taking ``num_samples`` and ``beta``).
+ESTIMATOR_OBJECTIVES = ("sgvb-a", "sgvb-b", "iwae")
 
 
 class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -90,7 +95,9 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------------------ fitting
     def fit(self, X, y=None) -> VAE:
         """Fit to X: (n_samples, n_features). ``y`` is ignored."""
+        self._check_parameters()
         X = self._validate(X, reset=True)
+        check_outliers(X, outlier_bounds(X), "X", getattr(self, "feature_names_in_", None))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         held = np.zeros(len(X), dtype=bool)
         if self.early_stopping:
@@ -122,8 +129,10 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         calls. The first call (without ``fit``) builds the model and fixes the standardisation
         (or binarization) from that chunk."""
         first = not hasattr(self, "model_")
+        self._check_parameters()
         X = self._validate(X, reset=first)
         if first:
+            check_outliers(X, outlier_bounds(X), "X", getattr(self, "feature_names_in_", None))
             self._start(X, int(check_random_state(self.random_state).randint(2**31 - 1)))
             self.history_, self.n_iter_ = [], 0
         self.history_ += self._trainer(X, []).fit(1).history
@@ -137,14 +146,16 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         is_binary = bool(np.isin(X, (0.0, 1.0)).all())
         self.transforms_, _, _ = choose_transforms(X, "X", is_binary, False, binary, None, None)
         torch.manual_seed(seed)
-        self.model_ = mlp(
-            (X.shape[1],),
-            self.latent_dim,
-            tuple(self.hidden),
+        spec = ModelSpec.of(
+            mlp,
+            data_shape=[X.shape[1]],
+            latent_dim=self.latent_dim,
+            hidden=list(self.hidden),
             likelihood=self.likelihood,
             likelihood_std=1.0,
             posterior=self.posterior,
-        ).to(resolve_device(self.device))
+        )
+        self.model_ = spec.build(copies=TRAINING_COPIES).to(resolve_device(self.device))
         self.objective_ = make_objective(self.objective, **self._objective_options())
         self.optimizer_ = make_optimizer("adam", self.model_.parameters(), self.lr)
         self._n_features_out = self.latent_dim
@@ -210,16 +221,71 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return float(self.score_samples(X).mean())
 
     # --------------------------------------------------------------------------- helpers
+    def _check_parameters(self) -> None:
+        """Refuse parameters of the wrong type or range with one ``ValueError`` (the
+        scikit-learn convention: checked in ``fit``, not in ``__init__``)."""
+        problems = []
+
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if not (isinstance(value, int | np.integer) and not isinstance(value, bool)):
+                problems.append(f"{name} must be an integer, got {value!r}")
+            elif value < minimum:
+                problems.append(f"{name} must be at least {minimum}, got {value}")
+
+        def number(name: str, low: float, high: float = np.inf, open_low: bool = False) -> None:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float | np.number) and not isinstance(value, bool)):
+                problems.append(f"{name} must be a number, got {value!r}")
+            elif not (np.isfinite(value) and (value > low if open_low else value >= low)):
+                problems.append(f"{name} must be finite and {'>' if open_low else '≥'} {low}")
+            elif value >= high:
+                problems.append(f"{name} must be below {high}")
+
+        for name in ("latent_dim", "num_samples", "epochs", "batch_size", "n_iter_no_change"):
+            integer(name, 1)
+        integer("importance_samples", 1)
+        number("beta", 0.0)
+        number("lr", 0.0, open_low=True)
+        number("validation_fraction", 0.0, 1.0, open_low=True)
+        hidden = self.hidden
+        if not (
+            isinstance(hidden, tuple | list)
+            and all(isinstance(h, int | np.integer) and not isinstance(h, bool) for h in hidden)
+            and all(h >= 1 for h in hidden)
+        ):
+            problems.append(f"hidden must be a tuple of positive integers, got {hidden!r}")
+        for name, choices in (
+            ("likelihood", LIKELIHOODS),
+            ("posterior", POSTERIORS),
+            ("objective", ESTIMATOR_OBJECTIVES),
+        ):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}")
+        for name in ("early_stopping", "verbose"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                problems.append(f"{name} must be True or False")
+        try:
+            check_device_name(self.device)
+        except ValueError as error:
+            problems.append(str(error))
+        if problems:
+            raise ValueError(f"invalid parameters of {type(self).__name__}: {'; '.join(problems)}")
+
     def _validate(self, X, reset: bool) -> np.ndarray:
         """X as a float64 array, refusing sparse input and naming a column with NaN or inf."""
         X = validate_data(
             self, X, reset=reset, dtype=np.float64, ensure_all_finite=False, ensure_min_samples=1
         )
-        bad = ~np.isfinite(X).all(axis=0)
+        # Values beyond float32's range would become inf in the model.
+        bad = ~(np.abs(X) <= np.finfo(np.float32).max).all(axis=0)
         if bad.any():
             names = getattr(self, "feature_names_in_", None)
             columns = [str(names[j]) if names is not None else str(j) for j in np.flatnonzero(bad)]
-            raise ValueError(f"Input contains NaN or inf in column(s) {', '.join(columns)}")
+            raise ValueError(
+                f"Input contains NaN or inf in column(s) {', '.join(columns)} (or values too "
+                "large for float32)"
+            )
         if self.likelihood == "bernoulli" and (X.min() < 0 or X.max() > 1):
             raise ValueError("the Bernoulli likelihood needs features in [0, 1]")
         return X

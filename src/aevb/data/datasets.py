@@ -9,6 +9,7 @@ read without unpickling anything (:mod:`aevb.data.tables`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -17,8 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from aevb.data.files import AMAT_FILES, FREY_FILE, DatasetFiles, gunzip
-from aevb.data.tables import USER_SUFFIXES, check_array, read_user_arrays, to_float32, where
+from aevb.data.files import AMAT_FILES, DECOMPRESSED_SIZES, FREY_FILE, DatasetFiles, gunzip
+from aevb.data.tables import (
+    USER_SUFFIXES,
+    check_array,
+    check_outliers,
+    outlier_bounds,
+    read_user_arrays,
+    to_float32,
+    where,
+)
 from aevb.errors import DataError
 
 __all__ = ["DATASETS", "Dataset", "load_dataset"]
@@ -67,6 +76,21 @@ class Dataset:
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; choose from train, val, test")
         return getattr(self, name)
+
+    def fingerprint(self, split: str) -> str:
+        """SHA-256 (hex) of split ``split``'s shape and float32 values (and labels): a run
+        records it, and its later uses refuse data that are no longer the same (an edited
+        file, another split)."""
+        sha = hashlib.sha256()
+        for values in (self.split(split), getattr(self, f"{split}_labels")):
+            if values is None:
+                sha.update(b"none|")
+                continue
+            values = np.ascontiguousarray(values)
+            sha.update(f"{values.dtype}|{values.shape}|".encode())
+            if values.size:
+                sha.update(memoryview(values).cast("B"))
+        return sha.hexdigest()
 
     @property
     def in_unit_interval(self) -> bool:
@@ -157,8 +181,12 @@ def _read_idx_pair(
     """Return (images (N, H, W) uint8, labels (N,) uint8) of the train or t10k split."""
     img_path, img = files.read(subfolder, f"{prefix}-images-idx3-ubyte.gz")
     lab_path, lab = files.read(subfolder, f"{prefix}-labels-idx1-ubyte.gz")
-    images = _parse_idx(gunzip(img, img_path), img_path, 3)
-    labels = _parse_idx(gunzip(lab, lab_path), lab_path, 1)
+    images = _parse_idx(
+        gunzip(img, img_path, DECOMPRESSED_SIZES[subfolder, img_path.name]), img_path, 3
+    )
+    labels = _parse_idx(
+        gunzip(lab, lab_path, DECOMPRESSED_SIZES[subfolder, lab_path.name]), lab_path, 1
+    )
     if len(images) != len(labels):
         raise DataError(
             f"{img_path}: holds {len(images)} images but {lab_path} {len(labels)} labels"
@@ -337,6 +365,9 @@ def _load_user_file(path: Path, split: dict) -> Dataset:
             f"{path}: expected arrays 'train' and 'test' (optionally 'val') or a single array, "
             f"found {sorted(arrays)}"
         )
+    bounds = outlier_bounds(parts["train"])
+    for key, values in parts.items():
+        check_outliers(values, bounds, where(path, key), columns)
     # Values exactly in {0, 1} are binary data; that lets the model use a Bernoulli decoder as is.
     binary = all(bool(((a == 0) | (a == 1)).all()) for a in parts.values())
     test = (parts["test"], None) if "test" in parts else None

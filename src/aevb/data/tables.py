@@ -20,11 +20,14 @@ from typing import BinaryIO
 import numpy as np
 
 from aevb.errors import DataError
+from aevb.limits import MAX_INFLATION, check_memory, format_bytes
 
 __all__ = [
     "USER_SUFFIXES",
     "check_array",
+    "check_outliers",
     "load_table",
+    "outlier_bounds",
     "read_user_arrays",
     "to_float32",
     "where",
@@ -42,6 +45,18 @@ _READ_ERRORS = (
     zlib.error,
     zipfile.BadZipFile,
 )
+# .npz members up to this size are read whatever their compression ratio (a small array of
+# zeros compresses beyond any ratio real data reach, and costs nothing to read).
+_SMALL_MEMBER = 16 << 20
+# Memory to parse a CSV file, in multiples of its size (its lines, then a float64 table).
+_CSV_OVERHEAD = 4
+# A value more than this many interquartile ranges beyond its column's quartiles is refused
+# (:func:`outlier_bounds`): far beyond the tails of real data (the largest of 10⁵ log-normal
+# σ = 3 draws is ~10⁵ interquartile ranges out), yet far below the 1e30 or 1e300 of a
+# corrupted cell.
+OUTLIER_FACTOR = 1e6
+# Rows the quartiles of :func:`outlier_bounds` are computed on.
+_QUANTILE_ROWS = 20_000
 # Image channels recognised in the last axis of a 4-D array (channels-last images).
 _CHANNELS = (1, 3, 4)
 
@@ -82,11 +97,17 @@ def read_user_arrays(path: Path) -> tuple[dict[str, np.ndarray], list[str] | Non
     try:
         if suffix == ".npy":
             with open(path, "rb") as f:
-                arrays = {"": _read_npy(f, os.fstat(f.fileno()).st_size, str(path))}
+                size = os.fstat(f.fileno()).st_size
+                _check_memory(size, str(path))
+                arrays = {"": _read_npy(f, size, str(path))}
         elif suffix == ".npz":
             with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+                for info in members:
+                    _check_inflation(info, where(path, info.filename.removesuffix(".npy")))
+                _check_memory(sum(info.file_size for info in members), str(path))
                 arrays = {}
-                for info in archive.infolist():
+                for info in members:
                     key = info.filename.removesuffix(".npy")
                     with archive.open(info) as f:
                         arrays[key] = _read_npy(f, info.file_size, where(path, key))
@@ -94,11 +115,40 @@ def read_user_arrays(path: Path) -> tuple[dict[str, np.ndarray], list[str] | Non
             x, columns = _read_parquet(path)
             arrays = {"": x}
         else:
+            # Parsing text holds the lines and the float64 table: a few times the file.
+            _check_memory(_CSV_OVERHEAD * path.stat().st_size, str(path))
             x, columns = _read_csv(path)
             arrays = {"": x}
     except _READ_ERRORS as e:
         raise DataError(f"{path}: cannot read {suffix} file ({type(e).__name__}: {e})") from e
     return arrays, columns
+
+
+def _check_memory(declared: int, where: str) -> None:
+    """Refuse a file whose values would take more than half the available memory (they are
+    held as read and again as float32), before reading them."""
+    check_memory(
+        declared,
+        f"{where}: its data",
+        "use a machine with more memory or a part of the rows",
+        share=0.5,
+        error=DataError,
+    )
+
+
+def _check_inflation(info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse an .npz member that decompresses to more than :data:`MAX_INFLATION` times its
+    compressed size (a decompression bomb), before decompressing it."""
+    if info.file_size <= _SMALL_MEMBER:
+        return
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > MAX_INFLATION:
+        raise DataError(
+            f"{where}: {format_bytes(info.compress_size)} that decompress to "
+            f"{format_bytes(info.file_size)} ({ratio:.0f}×, more than the {MAX_INFLATION}× "
+            "real data reach); refused before decompressing. If the data are genuine, save "
+            "them uncompressed (np.save or np.savez)"
+        )
 
 
 def where(path: Path, key: str) -> str:
@@ -161,7 +211,7 @@ def check_array(
         x = x.transpose(0, 3, 1, 2)
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported below
         values = to_float32(x)
-    flat = values.reshape(len(values), -1)
+    flat = values.reshape(len(values), math.prod(values.shape[1:]))
     bad = ~np.isfinite(flat)
     if bad.any():
         row, col = np.argwhere(bad)[0]
@@ -180,6 +230,62 @@ def check_array(
             f"(first at row {row}, column {col})"
         )
     return values
+
+
+def outlier_bounds(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per value of a row (column, or pixel), the range beyond which a value of ``train``
+    (N, *shape) — or of data scored against it — is refused as a likely error:
+    [q₂₅ − F·s, q₇₅ + F·s] with F = :data:`OUTLIER_FACTOR` and s the column's interquartile
+    range, or for a column whose quartiles coincide (a mostly constant column, an image's
+    border) the table's own scale: the interquartile range of all its values, else of those
+    that differ from their column's median, else 1. Quartiles are robust: one bad value (or a
+    quarter of the rows) cannot widen the range around itself. Computed in float64 on at most
+    :data:`_QUANTILE_ROWS` evenly spaced rows."""
+    flat = train.reshape(len(train), -1)
+    if len(flat) > _QUANTILE_ROWS:
+        flat = flat[np.linspace(0, len(flat) - 1, _QUANTILE_ROWS).astype(np.int64)]
+    flat = flat.astype(np.float64)
+    low, median, high = np.quantile(flat, [0.25, 0.5, 0.75], axis=0)
+    spread = high - low
+    scale = float(np.subtract(*np.quantile(flat, [0.75, 0.25])))
+    if not scale > 0:
+        deviations = flat[flat != median]
+        if deviations.size:
+            scale = float(np.subtract(*np.quantile(deviations, [0.75, 0.25])))
+    if not scale > 0:
+        scale = 1.0
+    spread = np.where(spread > 0, spread, scale)
+    return low - OUTLIER_FACTOR * spread, high + OUTLIER_FACTOR * spread
+
+
+def check_outliers(
+    x: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
+    where: str,
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Refuse rows x (N, *shape) holding a value outside ``bounds`` (:func:`outlier_bounds`),
+    naming the first one's row, column and value."""
+    flat = x.reshape(len(x), math.prod(x.shape[1:]))
+    low, high = bounds
+    bad = (flat < low) | (flat > high)
+    if not bad.any():
+        return
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    if columns is not None and len(columns) == flat.shape[1]:
+        column = f"column {str(columns[col])!r}"
+    elif x.ndim > 2:
+        column = f"pixel {tuple(int(i) for i in np.unravel_index(col, x.shape[1:]))}"
+    else:
+        column = f"column {col}"
+    raise DataError(
+        f"{where}: {int(bad.sum())} value(s) lie far outside the rest of the data — row {row} "
+        f"(from 0), {column} holds {float(flat[row, col]):.6g}, while that column's values "
+        f"lie within [{low[col]:.6g}, {high[col]:.6g}] ({OUTLIER_FACTOR:g} × its interquartile "
+        "range beyond its quartiles). Such a value is almost surely an error (a unit, a "
+        "missing-value code, a typo) and would dominate the standardisation and the loss; "
+        "fix or drop it, or transform the column (e.g. a logarithm) if it is genuine"
+    )
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
@@ -231,6 +337,11 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
             "`pip install pandas pyarrow`, or save the table as .csv"
         ) from e
     try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.ParquetFile(path).metadata
+        # pandas' frame and the float64 table: two copies of 8-byte values.
+        _check_memory(2 * 8 * metadata.num_rows * metadata.num_columns, str(path))
         frame = pd.read_parquet(path)
     except pyarrow.ArrowException as e:
         raise DataError(f"{path}: cannot read .parquet file ({type(e).__name__}: {e})") from e

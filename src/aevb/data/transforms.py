@@ -174,14 +174,25 @@ class Transforms:
 
     @classmethod
     def from_list(cls, values: Sequence[dict[str, Any]]) -> Transforms:
+        """The transforms recorded as ``values`` (:meth:`to_list`); anything malformed raises
+        :class:`~aevb.errors.ConfigError`."""
         steps: list[Transform] = []
         for value in values:
-            if value.get("kind") == "binarize":
-                steps.append(Binarize(value["mode"]))
-            elif value.get("kind") == "standardize":
-                steps.append(Standardize(tuple(value["mean"]), tuple(value["scale"])))
+            kind = value.get("kind") if isinstance(value, dict) else None
+            if kind == "binarize":
+                steps.append(Binarize(value.get("mode")))
+            elif kind == "standardize":
+                mean, scale = value.get("mean"), value.get("scale")
+                if not (_finite_list(mean) and _finite_list(scale) and len(mean) == len(scale)):
+                    raise ConfigError(
+                        "a standardisation needs lists 'mean' and 'scale' of equal "
+                        "length, of finite numbers"
+                    )
+                if min(scale, default=1.0) <= 0:
+                    raise ConfigError("a standardisation's scales must be positive")
+                steps.append(Standardize(tuple(map(float, mean)), tuple(map(float, scale))))
             else:
-                raise ConfigError(f"unknown data transform {value!r}")
+                raise ConfigError(f"unknown data transform {value!r:.80}")
         return cls(steps)
 
     def __eq__(self, other: object) -> bool:
@@ -189,6 +200,12 @@ class Transforms:
 
     def __repr__(self) -> str:
         return f"Transforms({self.describe()})"
+
+
+def _finite_list(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
 
 
 def choose_transforms(

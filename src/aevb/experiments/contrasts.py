@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 import sys
 import time
@@ -42,6 +43,7 @@ from aevb.models import VAE
 from aevb.objectives import make_objective
 from aevb.plots import image_grid
 from aevb.runs import CONFIG_FILE, TrainConfig, load_run, train
+from aevb.storage import atomic_write_bytes, atomic_write_text, make_folder
 from aevb.train import Callback, Trainer, make_optimizer
 
 __all__ = [
@@ -97,11 +99,12 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> N
             return f"{value:.10g}"
         return str(value)
 
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([cell(v) for v in row])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([cell(v) for v in row])
+    atomic_write_text(path, text.getvalue())
 
 
 def _save_png(figure: Figure, path: Path, dpi: int) -> None:
@@ -113,7 +116,11 @@ def _save_png(figure: Figure, path: Path, dpi: int) -> None:
     figure.set_dpi(dpi)
     canvas.draw()
     rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    buffer = io.BytesIO()
+    rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(
+        buffer, format="png", optimize=True
+    )
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -417,7 +424,7 @@ def autoencoder_vs_vae(
     for name in MODELS:
         if (out_dir / "runs" / name / CONFIG_FILE).exists():
             raise AevbError(f"{out_dir} already holds contrast runs; choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     data = load_dataset(dataset, data_dir, progress=progress)
     if not data.is_image:
         raise AevbError(f"{dataset} is not an image dataset; this contrast decodes images")
@@ -526,7 +533,7 @@ def autoencoder_vs_vae(
     ]
     for key, ae, vae, _ in rows:
         lines.append(f"| {key} | {_fmt(ae, 4)} | {_fmt(vae, 4)} |")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
     return {
         "autoencoder": metrics["autoencoder"],
         "vae": metrics["vae"],
@@ -887,7 +894,7 @@ def pca_vs_linear_vae(
         problems.append("epochs, check_every and batch_size must be positive, and lr > 0")
     if problems:
         raise ConfigError("invalid contrast settings: " + "; ".join(problems))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     # The linear models work on flat vectors.
     train_flat = np.ascontiguousarray(data.train.reshape(len(data.train), -1))
     test_flat = np.ascontiguousarray(data.test.reshape(len(data.test), -1))
@@ -1035,5 +1042,5 @@ def pca_vs_linear_vae(
             f"{r['ll_ppca_one_fewer']:.4f} | {r['ll_gap_relative']:.2e} | "
             f"{r['vae_column_min_cos']:.4f} |"
         )
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
     return {"results": results, "settings": settings}

@@ -41,8 +41,8 @@ from aevb.experiments.presets import PRESETS, preset_config
 from aevb.models import VAE
 from aevb.objectives import METRICS_BATCH, METRICS_SEED
 from aevb.runs import CONFIG_FILE, Run, TrainConfig, load_run, read_run, resume, train
+from aevb.storage import atomic_write_text
 from aevb.train import Callback, Trainer
-from aevb.train import checkpoint as ckpt
 
 FIGURE2_LATENT_DIMS = {"mnist": (3, 5, 10, 20, 200), "frey": (2, 5, 10, 20)}
 PRESET = {"mnist": "paper-mnist", "frey": "paper-frey"}
@@ -77,7 +77,7 @@ def read_curve(run_dir: Path) -> list[dict]:
 def _append_curve(run_dir: Path, rows: list[dict]) -> None:
     previous = (run_dir / CURVE_FILE).read_text() if (run_dir / CURVE_FILE).exists() else ""
     text = previous + "".join(json.dumps(row) + "\n" for row in rows)
-    ckpt.atomic_write_text(run_dir / CURVE_FILE, text)
+    atomic_write_text(run_dir / CURVE_FILE, text)
 
 
 Measure = Callable[[VAE, Tensor], float]
@@ -262,7 +262,7 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    ckpt.atomic_write_text(path, text.getvalue())
+    atomic_write_text(path, text.getvalue())
 
 
 # ------------------------------------------------------------------------------------ figure 2
@@ -373,7 +373,7 @@ def _write_summary(
                 )
             )
     lines += ["", *verdicts, ""]
-    ckpt.atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------ figure 3
@@ -534,7 +534,7 @@ def figure4(
             rows.append({"dataset": dataset, "z1": z1, "z2": z2, "mean_intensity": image.mean()})
     save_manifolds(panels, grid_size, out_dir / "figure4.png")
     _write_csv(out_dir / "figure4.csv", rows)
-    ckpt.atomic_write_text(
+    atomic_write_text(
         out_dir / "figure4.md",
         "# Figure 4: learned 2-D manifolds\n\n"
         f"Decoder means at a {grid_size}×{grid_size} grid of z = Φ⁻¹(u), u evenly spaced in "
@@ -575,7 +575,7 @@ def figure5(
     save_sample_panels(panels, out_dir / "figure5.png")
     _write_csv(out_dir / "figure5.csv", rows)
     table = "".join(f"| {r['latent_dim']} | {r['test_elbo']:.2f} |\n" for r in rows)
-    ckpt.atomic_write_text(
+    atomic_write_text(
         out_dir / "figure5.md",
         "# Figure 5: random MNIST samples\n\n"
         f"{num_samples} decoder means of z ~ N(0, I) per model (AEVB, the paper's set-up), "

@@ -26,6 +26,7 @@ from aevb.data.datasets import DATASETS, Dataset
 from aevb.data.transforms import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
+from aevb.limits import MAX_SEED
 from aevb.networks import ACTIVATIONS, INITIALISATIONS
 from aevb.objectives import OBJECTIVES, ScoreFunction, objective_class
 from aevb.priors import PRIORS
@@ -54,10 +55,11 @@ def setting(
     default_text: str | None = None,
     resumable: bool = False,
     minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
     """Declare one setting: its default, help text and group; ``choices`` for strings;
     ``default_text`` for a default that is decided later (``None`` values); ``resumable`` if
-    it may change when a run is resumed; ``minimum`` for numbers."""
+    it may change when a run is resumed; ``minimum`` and ``maximum`` for numbers."""
     return dataclasses.field(
         default=default,
         metadata={
@@ -67,6 +69,7 @@ def setting(
             "default_text": default_text,
             "resumable": resumable,
             "minimum": minimum,
+            "maximum": maximum,
         },
     )
 
@@ -216,7 +219,13 @@ class TrainConfig:
     checkpoint_every: int = setting(
         0, "also checkpoint every N steps (0: once per epoch)", "training", minimum=0
     )
-    seed: int = setting(0, "random seed; a CPU run is repeatable bit for bit", "training")
+    seed: int = setting(
+        0,
+        "random seed; a CPU run is repeatable bit for bit",
+        "training",
+        minimum=0,
+        maximum=MAX_SEED,
+    )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", "training", resumable=True)
     compile: bool | None = setting(
         None,
@@ -238,6 +247,13 @@ class TrainConfig:
         "training",
         minimum=1,
     )
+    divergence_guard: bool = setting(
+        True,
+        "stop, keeping the last good checkpoint, when the training objective falls far below "
+        "the untrained model's (a divergence that produces no NaN)",
+        "training",
+        resumable=True,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, list):
@@ -249,9 +265,10 @@ class TrainConfig:
     # ----------------------------------------------------------------------------- checks
     def check(self) -> None:
         """Refuse wrong types, values out of range and impossible combinations."""
-        problems = [*self._type_problems(), *self._range_problems()]
-        if not problems:
-            problems = self._combination_problems()
+        problems = self._type_problems()
+        for more in (self._range_problems, self._combination_problems):
+            if not problems:
+                problems = more()
         if problems:
             raise ConfigError("invalid training settings: " + "; ".join(problems))
 
@@ -270,9 +287,11 @@ class TrainConfig:
             values = value if isinstance(value, tuple) else (value,)
             if meta["choices"] and value is not None and value not in meta["choices"]:
                 problems.append(f"{f.name} must be one of {', '.join(meta['choices'])}")
-            minimum = meta["minimum"]
+            minimum, maximum = meta["minimum"], meta["maximum"]
             if minimum is not None and any(v is not None and v < minimum for v in values):
                 problems.append(f"{f.name} must be at least {minimum:g}")
+            if maximum is not None and any(v is not None and v > maximum for v in values):
+                problems.append(f"{f.name} must be at most {maximum}")
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 problems.append(f"{f.name} must be finite")
         if not self.val_fraction < 1:

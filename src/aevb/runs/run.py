@@ -18,7 +18,11 @@ A run folder holds:
 * ``curves.png``, and for images ``samples.png`` and ``reconstructions.png``.
 
 Everything a run decides is checked before the folder is created, so a refused command can be
-corrected and run again.
+corrected and run again. While a process trains into a folder it holds the folder's lock
+(:class:`aevb.storage.RunLock`, ``.lock``): a second ``train --out`` or ``--resume`` of the same
+folder is refused at once. ``config.json`` records a fingerprint of the data (SHA-256 of the
+three splits), and the last checkpoint records the settings it was trained with, so that edited
+settings or changed data are refused by ``--resume`` and by every later use of the run.
 """
 
 from __future__ import annotations
@@ -47,10 +51,18 @@ from aevb.diagnostics import warn_if_collapsed
 from aevb.distributions import support_is_binary
 from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
 from aevb.evaluation import Evaluation, evaluate, log_likelihood_per_example
+from aevb.limits import TRAINING_COPIES
 from aevb.models import VAE
 from aevb.objectives import Objective, make_objective
 from aevb.plots import write_image_plots
-from aevb.runs.config import TrainConfig
+from aevb.runs.config import TrainConfig, setting_fields
+from aevb.storage import (
+    RunLock,
+    StorageError,
+    atomic_write_text,
+    check_output_folder,
+    make_folder,
+)
 from aevb.train import checkpoint as ckpt
 from aevb.train.callbacks import (
     Callback,
@@ -82,7 +94,7 @@ __all__ = [
     "train",
 ]
 
-FORMAT = 2
+FORMAT = 3
 CONFIG_FILE = "config.json"
 LAST = "checkpoints/last.safetensors"
 BEST = "checkpoints/best.safetensors"
@@ -107,6 +119,38 @@ class RunRecord:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.data["event_shape"])
 
+    def identity(self) -> dict[str, Any]:
+        """What the run's checkpoints belong to: the record without the settings a resume may
+        change (epochs, device, compile, …), stored in the last checkpoint and compared on
+        restore."""
+        values = self.to_dict()
+        resumable = {f.name for f in setting_fields() if f.metadata["resumable"]}
+        values["train"] = {k: v for k, v in values["train"].items() if k not in resumable}
+        return values
+
+    def check_data(self, dataset: Dataset, run_dir: Path, splits: Sequence[str] = SPLITS) -> None:
+        """Refuse ``dataset`` unless its ``splits`` are those the run was trained with (same
+        shape, sizes and SHA-256 fingerprints)."""
+        if dataset.event_shape != self.event_shape:
+            raise DataError(
+                f"{self.config.dataset} now has rows of shape {dataset.event_shape}, but the "
+                f"run in {run_dir} was trained on rows of shape {self.event_shape}"
+            )
+        for name in splits:
+            rows, recorded = len(dataset.split(name)), self.data[f"num_{name}"]
+            if rows != recorded:
+                raise DataError(
+                    f"{self.config.dataset} now has {rows} {name} rows, but the run in "
+                    f"{run_dir} was trained with {recorded}"
+                )
+            if dataset.fingerprint(name) != self.data["fingerprints"][name]:
+                raise DataError(
+                    f"the {name} split of {self.config.dataset} is not the one the run in "
+                    f"{run_dir} was trained with: same shape and size, other values (its "
+                    "SHA-256 fingerprint differs from the one in config.json). Restore the "
+                    "original data (and settings), or train a new run"
+                )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -124,24 +168,61 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise AevbError(f"{run_dir} is not an aevb run folder (no {CONFIG_FILE})")
     try:
         values = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+        raise AevbError(f"{path} is not readable JSON ({error})") from error
+    try:
+        if not isinstance(values, dict):
+            raise ConfigError("it is not a JSON object")
         if values.get("format") != FORMAT:
             raise AevbError(
                 f"{path} was written by another version of aevb (format "
-                f"{values.get('format', 1)}, this version reads {FORMAT}); train the run again"
+                f"{values.get('format', 1)!r:.20}, this version reads {FORMAT}); train the run "
+                "again"
             )
-        data = dict(values["data"])
+        for key, kind in (("train", dict), ("model", dict), ("data", dict)):
+            if not isinstance(values.get(key), kind):
+                raise ConfigError(f"'{key}' is missing or not an object")
+        data = _checked_data(values["data"])
         transforms = Transforms.from_list(data.pop("transforms"))
+        custom_model = values.get("custom_model", False)
+        if not isinstance(custom_model, bool):
+            raise ConfigError("'custom_model' must be true or false")
         return RunRecord(
             TrainConfig.from_dict(values["train"]),
             ModelSpec.from_dict(values["model"]),
             data,
             transforms,
-            bool(values.get("custom_model", False)),
+            custom_model,
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        if isinstance(error, AevbError):
-            raise
-        raise AevbError(f"{path} is corrupt: {error}") from error
+    except (ConfigError, DataError) as error:
+        raise AevbError(f"{path} is not a valid run record: {error}") from error
+
+
+def _checked_data(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` object of a run record, its types checked."""
+    data = dict(values)
+    shape = data.get("event_shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) in (1, 3)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise ConfigError(f"data.event_shape must be a list of 1 or 3 positive integers: {shape}")
+    for name in SPLITS:
+        count = data.get(f"num_{name}")
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+            raise ConfigError(f"data.num_{name} must be a non-negative integer: {count!r:.40}")
+    if not isinstance(data.get("name"), str):
+        raise ConfigError("data.name must be a string")
+    fingerprints = data.get("fingerprints")
+    if not (
+        isinstance(fingerprints, dict)
+        and all(isinstance(fingerprints.get(name), str) for name in SPLITS)
+    ):
+        raise ConfigError("data.fingerprints must hold a SHA-256 of each split")
+    if not isinstance(data.get("transforms"), list):
+        raise ConfigError("data.transforms must be a list")
+    return data
 
 
 # --------------------------------------------------------------------------- starting a run
@@ -178,7 +259,7 @@ def start_run(
     and the model, write the run folder's ``config.json`` and build the Trainer. Returns the
     session: :meth:`RunSession.run` trains and finishes the run; ``session.trainer`` can also
     be driven directly (:meth:`aevb.train.Trainer.train_epoch`)."""
-    run_dir = Path(run_dir)
+    run_dir = check_output_folder(run_dir)
     if (run_dir / CONFIG_FILE).exists():
         raise AevbError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
@@ -210,13 +291,24 @@ def start_run(
         "num_train": len(dataset.train),
         "num_val": len(dataset.val),
         "num_test": len(dataset.test),
+        "fingerprints": {name: dataset.fingerprint(name) for name in SPLITS},
     }
     record = RunRecord(config, model, data, transforms, custom_model)
     session = RunSession(record, run_dir, network, dataset, device, callbacks, progress)
     session.preflight()
-    run_dir.joinpath("checkpoints").mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(run_dir)
-    ckpt.atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
+    make_folder(run_dir / "checkpoints")
+    session.lock.acquire()
+    try:
+        if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
+            raise AevbError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+                "another output folder"
+            )
+        _remove_leftovers(run_dir)
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
+    except BaseException:
+        session.close()
+        raise
     return session
 
 
@@ -226,35 +318,43 @@ def resume(
     epochs: int | None = None,
     device: str | None = None,
     compile: bool | None = None,
+    divergence_guard: bool | None = None,
     dataset: Dataset | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, optionally to more ``epochs``,
-    on another ``device`` or with ``compile`` switched (``None`` keeps each as it was).
+    on another ``device``, with ``compile`` or the ``divergence_guard`` switched (``None``
+    keeps each as it was). The run's data must be those it was trained on (fingerprint), and
+    its ``config.json`` the one its checkpoint was written with; the folder must be writable
+    and not in use by another process.
 
     A run killed before its first checkpoint starts over, which, seeded the same way, is the
     run it would have been.
     """
     run_dir = Path(run_dir)
     record = read_run(run_dir)
-    changes = {"epochs": epochs, "device": device, "compile": compile}
-    config = dataclasses.replace(
-        record.config, **{k: v for k, v in changes.items() if v is not None}
-    )
-    record = dataclasses.replace(record, config=config)
-    if dataset is None:
-        dataset = _load(config, progress)
-    _check_same_data(record, dataset, run_dir)
-    device_ = resolve_device(config.device)
-    network = _build(record.spec, config.seed, device_)
-    session = RunSession(record, run_dir, network, dataset, device_, callbacks, progress)
-    _remove_leftovers(run_dir)
-    # The settings resuming may change (epochs, device, compile), as the run now has them.
-    ckpt.atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
-    if (run_dir / LAST).exists():
-        session.restore(run_dir / LAST)
-    return session.run()
+    with RunLock(run_dir) as lock:
+        changes = {"epochs": epochs, "device": device, "compile": compile}
+        changes["divergence_guard"] = divergence_guard
+        config = dataclasses.replace(
+            record.config, **{k: v for k, v in changes.items() if v is not None}
+        )
+        record = dataclasses.replace(record, config=config)
+        if dataset is None:
+            dataset = _load(config, progress)
+        record.check_data(dataset, run_dir)
+        device_ = resolve_device(config.device)
+        network = _build(record.spec, config.seed, device_)
+        session = RunSession(
+            record, run_dir, network, dataset, device_, callbacks, progress, lock=lock
+        )
+        if (run_dir / LAST).exists():
+            session.restore(run_dir / LAST)
+        _remove_leftovers(run_dir)
+        # The settings resuming may change (epochs, device, compile), as the run now has them.
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
+        return session.run()
 
 
 def _remove_leftovers(run_dir: Path) -> None:
@@ -270,9 +370,10 @@ def _load(config: TrainConfig, progress: bool) -> Dataset:
 
 
 def _build(spec: ModelSpec, seed: int, device: torch.device) -> VAE:
-    """The model of ``spec``, its parameters drawn after seeding with ``seed``."""
+    """The model of ``spec`` to train (refused if it cannot fit in memory), its parameters
+    drawn after seeding with ``seed``."""
     torch.manual_seed(seed)
-    return spec.build().to(device)
+    return spec.build(copies=TRAINING_COPIES).to(device)
 
 
 def _likelihood_is_binary(model: VAE, dataset: Dataset) -> bool:
@@ -286,18 +387,14 @@ def _likelihood_is_binary(model: VAE, dataset: Dataset) -> bool:
     return support_is_binary(likelihood, like)
 
 
-def _check_same_data(record: RunRecord, dataset: Dataset, run_dir: Path) -> None:
-    if dataset.event_shape != record.event_shape or len(dataset.train) != record.data["num_train"]:
-        raise DataError(
-            f"{record.config.dataset} now has {len(dataset.train)} training rows of shape "
-            f"{dataset.event_shape}, but the run in {run_dir} was trained on "
-            f"{record.data['num_train']} rows of shape {record.event_shape}"
-        )
-
-
 class RunSession:
     """A run being trained: its ``record`` (what ``config.json`` holds), its ``trainer`` with
-    the run folder's callbacks, and what follows training (:meth:`run`)."""
+    the run folder's callbacks, and what follows training (:meth:`run`).
+
+    The session holds the run folder's ``lock`` from :func:`start_run` until :meth:`run`
+    returns or raises; a session driven by hand (``session.trainer``) gives it up with
+    :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -308,9 +405,11 @@ class RunSession:
         device: torch.device,
         callbacks: Sequence[Callback],
         progress: bool,
+        lock: RunLock | None = None,
     ):
         config, transforms = record.config, record.transforms
         self.record, self.run_dir, self.dataset, self.progress = record, run_dir, dataset, progress
+        self.lock = lock or RunLock(run_dir)
         self.objective: Objective = make_objective(config.objective, **config.objective_options())
         optimizer = make_optimizer(
             config.optimizer,
@@ -329,11 +428,10 @@ class RunSession:
         # The metrics file before the checkpoint: a kill between the two writes leaves a
         # record of an epoch the resumed run redoes (and rewrites), never a checkpointed epoch
         # without its record.
-        own += [
-            MetricsFile(run_dir / METRICS_FILE),
-            Checkpoint(run_dir / LAST, run_dir / BEST, config.checkpoint_every),
-            *callbacks,
-        ]
+        self.checkpoints = Checkpoint(
+            run_dir / LAST, run_dir / BEST, config.checkpoint_every, identity=record.identity()
+        )
+        own += [MetricsFile(run_dir / METRICS_FILE), self.checkpoints, *callbacks]
         if progress:
             own.append(ProgressBar())
         own += [SignalHandler(), CurvePlot(run_dir / "curves.png")]
@@ -348,6 +446,7 @@ class RunSession:
                 precision=config.precision,
                 clip_grad_norm=config.clip_grad_norm,
                 max_nonfinite_steps=config.max_nonfinite_steps,
+                divergence_guard=config.divergence_guard,
             )
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             if isinstance(error, AevbError):
@@ -373,18 +472,24 @@ class RunSession:
             raise ConfigError(f"the objective's loss has shape {tuple(loss.shape)}, not a scalar")
 
     def restore(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path``, which must be this run's."""
         tensors, metadata = ckpt.load_checkpoint(path)
         try:
+            self.checkpoints.check_identity(metadata.get("run"))
             self.trainer.restore(tensors, metadata)
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             raise AevbError(f"checkpoint {path} does not fit this run: {error}") from error
+
+    def close(self) -> None:
+        """Give up the run folder's lock."""
+        self.lock.release()
 
     def run(self) -> dict:
         """Train, then evaluate the best weights on the test split and write the summary and
         the image plots."""
-        config, trainer = self.record.config, self.trainer
+        trainer = self.trainer
         if self.progress:
-            d, c = self.dataset, config
+            d, c = self.dataset, self.record.config
             steps = c.epochs * trainer.steps_per_epoch
             compiled = should_compile(c.compile, trainer.device, steps)
             kl = self.objective.kl_rule
@@ -397,16 +502,51 @@ class RunSession:
                 file=sys.stderr,
             )
         try:
-            trainer.fit(config.epochs)
+            self._train()
+            return self._finish()
+        finally:
+            self.close()
+
+    def _train(self) -> None:
+        """Fit, with what the run folder keeps added to a stop's message."""
+        try:
+            self.trainer.fit(self.record.config.epochs)
         except TrainingInterrupted as interrupted:
             raise TrainingInterrupted(
                 f"{interrupted}; a checkpoint was written to {self.run_dir / LAST}", self.run_dir
             ) from None
         except NumericalFault as fault:
-            raise NumericalFault(
-                f"{fault}. {self.run_dir / LAST} holds that last good state"
+            kept = f"{self.run_dir / LAST} holds that last good state" if fault.saved else ""
+            raise NumericalFault(f"{fault}. {kept or self._kept()}", fault.saved) from None
+        except StorageError as error:
+            raise StorageError(
+                error.path,
+                f"{error.reason}. {self._kept()}; once it can be written, continue with: aevb "
+                f"train --resume {self.run_dir}",
             ) from None
-        return self.finish()
+
+    def _finish(self) -> dict:
+        try:
+            return self.finish()
+        except StorageError as error:
+            raise StorageError(
+                error.path,
+                f"{error.reason}. Training is complete and checkpointed; once it can be "
+                f"written, write the summary and plots with: aevb train --resume {self.run_dir}",
+            ) from None
+
+    def _kept(self) -> str:
+        """What the run folder keeps, in words: the last checkpoint's progress."""
+        path = self.run_dir / LAST
+        try:
+            _, metadata = ckpt.load_checkpoint(path)
+            state = metadata["state"]
+            where = f"epoch {state['epoch'] + 1}, step {state['step']}"
+            if state["step_in_epoch"] == 0:
+                where = f"the end of epoch {state['epoch']} (step {state['step']})"
+        except (AevbError, KeyError, TypeError):
+            return f"No checkpoint was kept ({path}); a --resume starts the run over"
+        return f"{path} was not overwritten: it holds the state at {where}"
 
     def finish(self) -> dict:
         model, state = self.trainer.model, self.trainer.state
@@ -434,7 +574,7 @@ class RunSession:
                 "device": str(self.trainer.device),
             }
         )
-        ckpt.atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         if self.dataset.is_image:
             write_image_plots(self.run_dir, model, test_x, transforms.inverse)
         return summary
@@ -464,6 +604,7 @@ class Run:
     def __init__(self, run_dir: Path, record: RunRecord, model: VAE):
         self.run_dir, self.record, self.model = run_dir, record, model
         self._dataset: Dataset | None = None
+        self._checked: set[str] = set()  # the splits found to be the run's own
 
     @property
     def config(self) -> TrainConfig:
@@ -488,11 +629,9 @@ class Run:
             raise AevbError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
         if self._dataset is None:
             self._dataset = _load(self.config, progress=False)
-            if self._dataset.event_shape != self.record.event_shape:
-                raise DataError(
-                    f"{self.config.dataset} now has rows of shape {self._dataset.event_shape}, "
-                    f"but the model in {self.run_dir} was trained on {self.record.event_shape}"
-                )
+        if name not in self._checked:
+            self.record.check_data(self._dataset, self.run_dir, [name])
+            self._checked.add(name)
         rows = self._dataset.split(name)[:limit]
         if len(rows) == 0:
             raise AevbError(f"the {name} split of {self.config.dataset} is empty")
@@ -501,12 +640,19 @@ class Run:
     def prepare(self, x: np.ndarray | Tensor, where: str = "the data") -> Tensor:
         """Rows as loaded → the model's space (the run's binarization with its fixed
         evaluation seed, standardisation), on the model's device."""
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x)
-        if tuple(x.shape[1:]) != self.record.event_shape:
+        if isinstance(x, np.ndarray):
+            if x.dtype.kind not in "biuf":
+                raise DataError(f"{where} must hold numbers, got dtype {x.dtype}")
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+                x = np.asarray(x, dtype=np.float32)
+        x = torch.as_tensor(x)
+        if x.dim() < 2 or tuple(x.shape[1:]) != self.record.event_shape:
             raise DataError(
                 f"{where} has rows of shape {tuple(x.shape[1:])}, but the model in "
                 f"{self.run_dir} was trained on rows of shape {self.record.event_shape}"
             )
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"{where} holds NaN, infinite or (beyond float32) too large values")
         self.transforms.check(x, where)
         return self.transforms.prepare(x.float()).to(self.device)
 
@@ -549,15 +695,22 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
     record = read_run(run_dir)
     if which not in ("best", "last"):
         raise AevbError(f"which must be 'best' or 'last', got {which!r}")
-    model = record.spec.build()
+    device_ = resolve_device(device)
+    model = record.spec.build(copies=1)
     path = run_dir / (BEST if which == "best" else LAST)
     if which == "best" and not path.exists():
         path = run_dir / LAST
+    tensors, metadata = ckpt.load_checkpoint(path)
+    if metadata.get("run") != record.identity():
+        raise AevbError(
+            f"{path} does not belong to the run in {run_dir}: it was written by another run, "
+            f"or {CONFIG_FILE} was edited since"
+        )
     try:
-        model.load_state_dict(load_weights(path))
+        model.load_state_dict(ckpt.unprefixed("model.", tensors))
     except RuntimeError as error:
         raise AevbError(f"{path} does not match the model in {run_dir}/config.json") from error
-    return Run(run_dir, record, model.to(resolve_device(device)).eval())
+    return Run(run_dir, record, model.to(device_).eval())
 
 
 def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> VAE:

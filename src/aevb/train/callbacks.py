@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aevb.evaluation import LOG_DENSITIES
+from aevb.storage import atomic_write_text
 from aevb.train import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -119,15 +120,44 @@ class EarlyStopping(Callback):
 class Checkpoint(Callback):
     """Writes the resumable checkpoint ``last`` at every epoch's end, every ``every_steps``
     steps, and before a stop; and ``best`` (the model's weights only) whenever the judged
-    metric improves. Every write is atomic (:mod:`aevb.train.checkpoint`)."""
+    metric improves. Every write is atomic (:mod:`aevb.train.checkpoint`).
 
-    def __init__(self, last: str | Path, best: str | Path | None = None, every_steps: int = 0):
+    ``identity`` (JSON values: what the state belongs to, e.g. a run's settings and data
+    fingerprint) is stored in ``last`` and must match when a checkpoint is restored into this
+    callback's trainer: a checkpoint of another run, or of this run before its settings were
+    edited, raises ``ValueError`` naming what differs."""
+
+    def __init__(
+        self,
+        last: str | Path,
+        best: str | Path | None = None,
+        every_steps: int = 0,
+        identity: dict[str, Any] | None = None,
+    ):
         self.last = Path(last)
         self.best = None if best is None else Path(best)
         self.every_steps = int(every_steps)
+        self.identity = identity
+
+    def check_identity(self, saved: dict[str, Any] | None) -> None:
+        """Raise ``ValueError`` if a checkpoint's ``saved`` identity is not this one's."""
+        if self.identity is None or saved == self.identity:
+            return
+        if saved is None:
+            raise ValueError("it records no run identity (it was not written by this run)")
+        differences = _differences(saved, self.identity)
+        raise ValueError(
+            "it belongs to another run, or the run's config.json was edited since it was "
+            f"written: {'; '.join(differences[:5])}"
+        )
 
     def save_last(self, trainer: Trainer) -> None:
+        """Write the resumable checkpoint, once :meth:`Trainer.check_state` has found the state
+        good (otherwise the previous checkpoint stays, and the fault propagates)."""
+        trainer.check_state()
         tensors, metadata = trainer.checkpoint()
+        if self.identity is not None:
+            metadata["run"] = self.identity
         ckpt.save_checkpoint(self.last, tensors, metadata)
 
     def on_step_end(self, trainer: Trainer) -> None:
@@ -141,12 +171,31 @@ class Checkpoint(Callback):
             ckpt.save_checkpoint(
                 self.best,
                 ckpt.prefixed("model.", trainer.model.state_dict()),
-                {"epoch": state.epoch, "monitor": state.monitor, "value": state.best_value},
+                {
+                    "epoch": state.epoch,
+                    "monitor": state.monitor,
+                    "value": state.best_value,
+                    **({} if self.identity is None else {"run": self.identity}),
+                },
             )
         self.save_last(trainer)
 
     def on_stop(self, trainer: Trainer) -> None:
         self.save_last(trainer)
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """Where two JSON values differ, as ``key: saved → now`` lines."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        lines = []
+        for key in sorted(saved.keys() | now.keys(), key=str):
+            name = f"{where}.{key}" if where else str(key)
+            lines += _differences(saved.get(key), now.get(key), name)
+        return lines
+    if saved == now:
+        return []
+    shown = [json.dumps(v)[:40] for v in (saved, now)]
+    return [f"{where or 'value'}: {shown[0]} in the checkpoint, {shown[1]} now"]
 
 
 class MetricsFile(Callback):
@@ -159,7 +208,7 @@ class MetricsFile(Callback):
 
     def _write(self, trainer: Trainer) -> None:
         lines = "".join(json.dumps(r) + "\n" for r in trainer.state.history)
-        ckpt.atomic_write_text(self.path, lines)
+        atomic_write_text(self.path, lines)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.state.history:

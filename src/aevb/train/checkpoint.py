@@ -2,9 +2,12 @@
 
 Nothing here unpickles: safetensors holds raw tensors only, so loading a checkpoint never
 executes code from the file. A checkpoint is one file, so replacing it is one atomic rename
-and a crash mid-write leaves the previous checkpoint intact. safetensors checks the header but
-not the tensor bytes, so a SHA-256 of names, dtypes, shapes and bytes is stored beside the
-metadata and checked on load: a changed byte anywhere is refused.
+(:func:`aevb.storage.atomic_write_bytes`) and a crash mid-write leaves the previous checkpoint
+intact. safetensors checks the header but not the tensor bytes, so a SHA-256 over the JSON
+metadata and every tensor's name, dtype, shape and bytes is stored in the header and checked on
+load: a changed byte anywhere — a weight or a learning rate in the metadata — is refused, and so
+is a file without the digest. A digest guards against corruption and edits, not against someone
+who recomputes it, so loaded floating-point tensors must also be finite.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,62 +25,68 @@ from safetensors.torch import save
 from torch import Tensor
 
 from aevb.errors import AevbError
+from aevb.storage import atomic_write_bytes
 
 _METADATA_KEY = "aevb"
-_DIGEST_KEY = "aevb-sha256"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (all or nothing)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+_DIGEST_KEY = "aevb-digest"
+# The key of aevb 0.2's digest, which covered the tensors only.
+_OLD_DIGEST_KEY = "aevb-sha256"
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: dict) -> None:
     """Atomically write ``tensors`` (moved to CPU) and JSON-serialisable ``metadata``."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    header = {_METADATA_KEY: json.dumps(metadata), _DIGEST_KEY: _digest(cpu)}
+    text = json.dumps(metadata)
+    header = {_METADATA_KEY: text, _DIGEST_KEY: _digest(cpu, text)}
     atomic_write_bytes(path, save(cpu, metadata=header))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a damaged file is refused."""
+    """Read a checkpoint written by :func:`save_checkpoint`; a damaged, edited, unsigned or
+    non-finite one is refused with an :class:`~aevb.errors.AevbError`."""
     path = Path(path)
     if not path.is_file():
         raise AevbError(f"checkpoint {path} does not exist")
     try:
         with safe_open(path, framework="pt") as f:
-            header = f.metadata()
-            metadata = json.loads(header[_METADATA_KEY])
+            header = f.metadata() or {}
+            text = header[_METADATA_KEY]
+            metadata = json.loads(text)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
         raise AevbError(
             f"checkpoint {path} is truncated, corrupt or not an aevb checkpoint ({error})"
         ) from error
-    if _DIGEST_KEY in header and header[_DIGEST_KEY] != _digest(tensors):
+    if _DIGEST_KEY not in header:
+        older = " (written by aevb 0.2, whose digest left the metadata out)"
         raise AevbError(
-            f"checkpoint {path} does not match its SHA-256: its tensors were changed after it "
-            "was written (corruption or tampering); it is not used"
+            f"checkpoint {path} carries no SHA-256 of its contents"
+            f"{older if _OLD_DIGEST_KEY in header else ''}, so it cannot be checked; it is not "
+            "used"
+        )
+    if header[_DIGEST_KEY] != _digest(tensors, text):
+        raise AevbError(
+            f"checkpoint {path} does not match its SHA-256: its tensors or metadata were changed "
+            "after it was written (corruption or tampering); it is not used"
+        )
+    if not isinstance(metadata, dict):
+        raise AevbError(
+            f"checkpoint {path} is not an aevb checkpoint (its metadata is not an object)"
+        )
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise AevbError(
+            f"checkpoint {path} holds NaN or infinite values ({', '.join(sorted(bad)[:4])}"
+            f"{', …' if len(bad) > 4 else ''}); it is not used"
         )
     return tensors, metadata
 
 
-def _digest(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+def _digest(tensors: Mapping[str, Tensor], metadata: str) -> str:
+    """SHA-256 over the metadata's JSON text, then every tensor's name, dtype, shape and
+    bytes, in name order."""
     sha = hashlib.sha256()
+    sha.update(f"{len(metadata)}|{metadata}|".encode())
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
         sha.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
