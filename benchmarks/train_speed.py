@@ -140,15 +140,16 @@ def main() -> None:
             seed=0,
         )
         with tempfile.TemporaryDirectory() as run_dir:
-            trainers = {
+            sessions = {
                 name: start_run(
                     dataclasses.replace(config, compile=compile_step),
                     f"{run_dir}/{name}",
                     dataset=dataset,
                     progress=False,
-                ).trainer
+                )
                 for name, compile_step in (("aevb-plain", False), ("aevb-fast", True))
             }
+            trainers = {name: session.trainer for name, session in sessions.items()}
             for trainer in trainers.values():
                 trainer.setup(config.epochs)
             grey = torch.from_numpy(dataset.train.reshape(len(dataset.train), -1)).to(device)
@@ -183,6 +184,8 @@ def main() -> None:
                     if round_index:
                         times[name].append(time.perf_counter() - started)
             fallen_back = not trainers["aevb-fast"].training_step.active
+            for session in sessions.values():
+                session.close()  # the run folders' locks
         bare = statistics.median(times["bare"]) if "bare" in times else math.nan
         print(f"\nbatch size {batch_size}, median of {args.rounds} epochs")
         print(

@@ -213,7 +213,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(StorageError, match="cannot write .*No space left on device"):
+    with pytest.raises(StorageError, match=r"cannot write .*No space left on device"):
         checkpoints.save_checkpoint(path, {"w": torch.zeros(3)}, {"epoch": 2})
     tensors, metadata = checkpoints.load_checkpoint(path)
     assert torch.equal(tensors["w"], torch.ones(3)) and metadata == {"epoch": 1}

@@ -103,6 +103,11 @@ def check_output_folder(path: str | os.PathLike) -> Path:
                 raise StorageError(path, f"{parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise StorageError(path, f"{parent} is not writable")
+            try:  # what access() cannot tell (root, special file systems): try it
+                tempfile.TemporaryFile(dir=parent).close()
+            except OSError as error:
+                reason = f"{parent} does not accept new files ({error.strerror})"
+                raise StorageError(path, reason) from error
             break
     return path
 

@@ -55,6 +55,11 @@ _CSV_OVERHEAD = 4
 # σ = 3 draws is ~10⁵ interquartile ranges out), yet far below the 1e30 or 1e300 of a
 # corrupted cell.
 OUTLIER_FACTOR = 1e6
+# From this many rows on, :func:`outlier_bounds` also scales a column by its central 98%
+# range divided by _WIDE_TO_IQR (a Gaussian's 98% range is 3.4 of its interquartile ranges;
+# the divisor keeps the bound far out).
+_WIDE_ROWS = 200
+_WIDE_TO_IQR = 100.0
 # Rows the quartiles of :func:`outlier_bounds` are computed on.
 _QUANTILE_ROWS = 20_000
 # Image channels recognised in the last axis of a 4-D array (channels-last images).
@@ -236,9 +241,10 @@ def outlier_bounds(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per value of a row (column, or pixel), the range beyond which a value of ``train``
     (N, *shape) — or of data scored against it — is refused as a likely error:
     [q₂₅ − F·s, q₇₅ + F·s] with F = :data:`OUTLIER_FACTOR` and s the column's interquartile
-    range, or for a column whose quartiles coincide (a mostly constant column, an image's
-    border) the table's own scale: the interquartile range of all its values, else of those
-    that differ from their column's median, else 1. Quartiles are robust: one bad value (or a
+    range (from 200 rows on, at least a hundredth of its 1%–99% range), or for a column whose
+    quantiles coincide (a mostly constant column, an image's border) the table's own scale:
+    the interquartile range of all its values, else of those that differ from their column's
+    median, else 1. Quartiles are robust: one bad value (or a
     quarter of the rows) cannot widen the range around itself. Computed in float64 on at most
     :data:`_QUANTILE_ROWS` evenly spaced rows."""
     flat = train.reshape(len(train), -1)
@@ -247,6 +253,13 @@ def outlier_bounds(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = flat.astype(np.float64)
     low, median, high = np.quantile(flat, [0.25, 0.5, 0.75], axis=0)
     spread = high - low
+    if len(flat) >= _WIDE_ROWS:
+        # A column whose middle half is near-constant (rounding noise around a value) but
+        # whose tails are ordinary amounts: the central 98% sets the scale too. The 1% and 99%
+        # quantiles are data values with at least 1% of the rows beyond them, so one bad value
+        # cannot move them.
+        tails = np.quantile(flat, [0.01, 0.99], axis=0, method="inverted_cdf")
+        spread = np.maximum(spread, (tails[1] - tails[0]) / _WIDE_TO_IQR)
     scale = float(np.subtract(*np.quantile(flat, [0.75, 0.25])))
     if not scale > 0:
         deviations = flat[flat != median]

@@ -73,6 +73,7 @@ from aevb.train.callbacks import (
     ProgressBar,
     SignalHandler,
     Validation,
+    differences,
     in_data_units,
 )
 from aevb.train.optim import make_optimizer
@@ -702,9 +703,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
         path = run_dir / LAST
     tensors, metadata = ckpt.load_checkpoint(path)
     if metadata.get("run") != record.identity():
+        changed = differences(metadata.get("run"), record.identity())
         raise AevbError(
             f"{path} does not belong to the run in {run_dir}: it was written by another run, "
-            f"or {CONFIG_FILE} was edited since"
+            f"or {CONFIG_FILE} was edited since ({'; '.join(changed[:5])})"
         )
     try:
         model.load_state_dict(ckpt.unprefixed("model.", tensors))

@@ -37,6 +37,7 @@ __all__ = [
     "ProgressBar",
     "SignalHandler",
     "Validation",
+    "differences",
 ]
 
 
@@ -145,10 +146,10 @@ class Checkpoint(Callback):
             return
         if saved is None:
             raise ValueError("it records no run identity (it was not written by this run)")
-        differences = _differences(saved, self.identity)
+        changed = differences(saved, self.identity)
         raise ValueError(
             "it belongs to another run, or the run's config.json was edited since it was "
-            f"written: {'; '.join(differences[:5])}"
+            f"written: {'; '.join(changed[:5])}"
         )
 
     def save_last(self, trainer: Trainer) -> None:
@@ -184,13 +185,13 @@ class Checkpoint(Callback):
         self.save_last(trainer)
 
 
-def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+def differences(saved: Any, now: Any, where: str = "") -> list[str]:
     """Where two JSON values differ, as ``key: saved → now`` lines."""
     if isinstance(saved, dict) and isinstance(now, dict):
         lines = []
         for key in sorted(saved.keys() | now.keys(), key=str):
             name = f"{where}.{key}" if where else str(key)
-            lines += _differences(saved.get(key), now.get(key), name)
+            lines += differences(saved.get(key), now.get(key), name)
         return lines
     if saved == now:
         return []
