@@ -17,6 +17,7 @@ import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -264,6 +265,16 @@ def _assemble(
 
 
 def _check(latent_dim: int, hidden: Sequence[int], data_shape: Sequence[int]) -> None:
+    def integers(values: Any) -> bool:
+        return isinstance(values, Sequence) and all(
+            isinstance(v, Integral) and not isinstance(v, bool) for v in values
+        )
+
+    if not (integers([latent_dim]) and integers(hidden) and integers(data_shape)):
+        raise ConfigError(
+            f"latent_dim, hidden sizes and data_shape must be integers, got latent_dim "
+            f"{latent_dim!r}, hidden {hidden!r}, data_shape {data_shape!r}"
+        )
     if latent_dim < 1 or any(h < 1 for h in hidden) or any(s < 1 for s in data_shape):
         raise ConfigError(
             f"latent_dim, hidden sizes and data_shape must be positive, got latent_dim "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aevb.errors import AevbError, TrainingInterrupted
-from aevb.limits import MAX_SEED
+from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.storage import (
     atomic_write_text,
     check_output_file,
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 EXIT_USER_ERROR = 2
+# Most CPU threads --threads takes.
+MAX_THREADS = 4096
 EXIT_INTERRUPTED = 130
 
 # Rows encoded at a time by ``aevb embed``.
@@ -42,9 +44,22 @@ RUN_FLAGS = ("command", "out", "resume", "no_progress", "threads")
 
 def _positive_int(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_COUNT:,}], got {text}")
     return value
+
+
+def _threads(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_THREADS}], got {text}")
+    return value
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return text
 
 
 def _seed(text: str) -> int:
@@ -102,20 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fit a VAE by AEVB and write a run folder")
     add_setting_flags(train)
     run = train.add_argument_group("run folder")
-    run.add_argument("--out", help="run folder to create (default runs/<dataset>-<time>)")
+    run.add_argument(
+        "--out", type=_path, help="run folder to create (default runs/<dataset>-<time>)"
+    )
     run.add_argument(
         "--resume",
+        type=_path,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint (only --epochs, --device "
         "and --compile may change)",
     )
-    run.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+    run.add_argument("--threads", type=_threads, help=THREADS_HELP)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = commands.add_parser("sample", help="draw images from a trained model")
-    sample.add_argument("run_dir", help="a run folder written by aevb train")
+    sample.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of samples")
-    sample.add_argument("--out", default="samples.png", help="PNG file to write")
+    sample.add_argument("--out", type=_path, default="samples.png", help="PNG file to write")
     sample.add_argument(
         "--draw", action="store_true", help="draw x ~ p(x|z) instead of showing the decoder mean"
     )
@@ -123,15 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu")
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct held-out images")
-    reconstruct.add_argument("run_dir", help="a run folder written by aevb train")
+    reconstruct.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     reconstruct.add_argument("--num", type=_positive_int, default=16, help="number of images")
     reconstruct.add_argument("--split", choices=("test", "val", "train"), default="test")
-    reconstruct.add_argument("--out", default="reconstructions.png", help="PNG file to write")
+    reconstruct.add_argument(
+        "--out", type=_path, default="reconstructions.png", help="PNG file to write"
+    )
     reconstruct.add_argument("--device", default="cpu")
     evaluate = commands.add_parser(
         "evaluate", help="importance-sampled log-likelihood, IWAE bound, ELBO, active units"
     )
-    evaluate.add_argument("run_dir", help="a run folder written by aevb train")
+    evaluate.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
     evaluate.add_argument(
         "--importance-samples",
@@ -163,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=_seed, default=0)
     evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+    evaluate.add_argument("--threads", type=_threads, help=THREADS_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_table_commands(commands)
@@ -182,14 +202,17 @@ def _add_table_commands(commands) -> None:
         "CSV file",
     )
     for sub in (embed, score):
-        sub.add_argument("run_dir", help="a run folder written by aevb train")
+        sub.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
         sub.add_argument(
             "--data",
+            type=_path,
             required=True,
             help="the rows: a .csv (header row optional), .parquet or .npy file with the run's "
             "number of columns",
         )
-        sub.add_argument("--out", required=True, help="CSV file to write (one line per row)")
+        sub.add_argument(
+            "--out", type=_path, required=True, help="CSV file to write (one line per row)"
+        )
         sub.add_argument(
             "--which",
             choices=("best", "last"),
@@ -197,7 +220,7 @@ def _add_table_commands(commands) -> None:
             help="checkpoint to use (default best)",
         )
         sub.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-        sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+        sub.add_argument("--threads", type=_threads, help=THREADS_HELP)
     embed.add_argument(
         "--std", action="store_true", help="also write the posterior standard deviations"
     )
@@ -221,8 +244,10 @@ def _add_reproduce(commands) -> None:
 
     def figure(name: str, help: str) -> argparse.ArgumentParser:
         sub = figures.add_parser(name, help=help)
-        sub.add_argument("--out", default=f"reproduce/{name}", help="output folder")
-        sub.add_argument("--data-dir", help="folder holding the datasets (or AEVB_DATA_DIR)")
+        sub.add_argument("--out", type=_path, default=f"reproduce/{name}", help="output folder")
+        sub.add_argument(
+            "--data-dir", type=_path, help="folder holding the datasets (or AEVB_DATA_DIR)"
+        )
         length = sub.add_mutually_exclusive_group()
         length.add_argument(
             "--train-samples",
@@ -242,7 +267,7 @@ def _add_reproduce(commands) -> None:
                 help="Adagrad step size (default 0.02; the paper chose from 0.01, 0.02, 0.1)",
             )
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-        sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+        sub.add_argument("--threads", type=_threads, help=THREADS_HELP)
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         return sub
 
@@ -280,12 +305,14 @@ def _add_reproduce(commands) -> None:
 
     def contrast(name: str, help: str, dataset: str) -> argparse.ArgumentParser:
         sub = figures.add_parser(name, help=help)
-        sub.add_argument("--out", default=f"reproduce/{name}", help="output folder")
+        sub.add_argument("--out", type=_path, default=f"reproduce/{name}", help="output folder")
         sub.add_argument("--dataset", default=dataset, help=f"default {dataset}")
-        sub.add_argument("--data-dir", help="folder holding the datasets (or AEVB_DATA_DIR)")
+        sub.add_argument(
+            "--data-dir", type=_path, help="folder holding the datasets (or AEVB_DATA_DIR)"
+        )
         sub.add_argument("--epochs", type=_positive_int, help="training epochs")
         sub.add_argument("--seed", type=_seed, default=0)
-        sub.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
+        sub.add_argument("--threads", type=_threads, help=THREADS_HELP)
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         return sub
 

@@ -16,6 +16,7 @@ Carlo EM) or to compare differently trained models with one estimator (the paper
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -113,6 +114,12 @@ def check_data(model: VAE, x: Tensor) -> None:
         raise DataError(
             "x must be a floating-point tensor of shape (N, *data_shape), got "
             f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}"
+        )
+    parameter = next(model.parameters(), None)
+    if parameter is not None and parameter.dtype != x.dtype:
+        raise DataError(
+            f"x is {x.dtype} but the model's parameters are {parameter.dtype}; convert one to "
+            "the other (x.to(dtype) or model.to(dtype))"
         )
     with torch.no_grad():
         likelihood = model.likelihood(x.new_zeros(1, model.latent_dim))
@@ -255,23 +262,39 @@ def log_likelihood_per_example(
     check_data(model, x)
     _check_counts(importance_samples=importance_samples)
     k = int(importance_samples)
-    batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None)
     was_training = model.training
     model.eval()
-    values = []
-    with fixed_randomness(seed, x.device), tqdm(disable=True) as bar:
+    with fixed_randomness(seed, x.device):
         # The same k standard-normal draws for every row: a row's estimate then depends on
         # that row alone, not on its position or on the other rows in the call.
         noise = torch.randn(k, model.latent_dim, device=x.device, dtype=x.dtype)
-        prior = model.prior()
+        values = _per_example(model, x, noise)
+        unrepresentable = ~torch.isfinite(values)
+        if unrepresentable.any():
+            # A row so far from the data (an anomaly 1e30 away) that its float32 densities
+            # overflow: its honest score (about -1e60) is computed again in float64.
+            model64 = copy.deepcopy(model).double()
+            values[unrepresentable] = _per_example(
+                model64, x[unrepresentable].double(), noise.double()
+            )
+    model.train(was_training)
+    return values
+
+
+def _per_example(model: VAE, x: Tensor, noise: Tensor) -> Tensor:
+    """log p̂(x) of each row of x with the k latent draws ``noise`` (k, latent_dim): (N,)."""
+    k = len(noise)
+    batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None)
+    values = []
+    prior = model.prior()
+    rule = KLRule(analytic=False, per_dimension=False)  # the KL row is not used here
+    with tqdm(disable=True) as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
-            posterior = model.posterior(batch)
-            rule = KLRule(analytic=False, per_dimension=False)  # the KL row is not used here
             stats, _ = _batch_statistics(
                 model,
                 batch,
-                posterior,
+                model.posterior(batch),
                 prior,
                 rule,
                 k,
@@ -282,7 +305,6 @@ def log_likelihood_per_example(
                 noise,
             )
             values.append(stats[0])
-    model.train(was_training)
     return torch.cat(values) if values else x.new_zeros(0, dtype=torch.float64)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 
-from aevb.errors import AevbError, ConfigError
+from aevb.errors import ConfigError
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_INFLATION",
     "MAX_SEED",
     "TRAINING_COPIES",
@@ -25,6 +26,9 @@ __all__ = [
 # Seeds go to torch.manual_seed, which takes 64-bit integers; kept below 2⁶³ so that they also
 # fit a signed 64-bit integer everywhere they are stored.
 MAX_SEED = 2**63 - 1
+# Largest count (sizes, steps, samples) any setting or argument takes: a signed 32-bit integer,
+# beyond which torch's size arguments, a loop or the memory give out.
+MAX_COUNT = 2**31 - 1
 # Copies of a model's parameters that training may hold at once: the parameters, their
 # gradients, Adam's two moments, and a checkpoint being serialised (parameters and moments).
 TRAINING_COPIES = 7
@@ -65,7 +69,7 @@ def check_memory(
     what: str,
     hint: str,
     share: float = 1.0,
-    error: type[AevbError] = ConfigError,
+    error: type[Exception] = ConfigError,
 ) -> None:
     """Refuse ``what`` (raise ``error``) if it needs more than ``share`` of the available
     memory; ``hint`` says how to ask for less. Does nothing where the available memory is

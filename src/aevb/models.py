@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from aevb.heads import Head
+from aevb.limits import check_memory
 
 __all__ = ["VAE", "Decoder", "Encoder"]
 
@@ -108,7 +109,19 @@ class VAE(nn.Module):
             or num_samples < 1
         ):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        z = self.prior().sample((num_samples,))
+        prior = self.prior()
+        # The samples are made at once: refuse a count whose output alone exceeds the memory.
+        device = next(self.parameters(), torch.empty(0)).device
+        zero = torch.zeros(1, self.latent_dim, device=device)
+        values = self.likelihood(zero).event_shape.numel() + self.latent_dim
+        check_memory(
+            4 * values * int(num_samples),
+            f"{num_samples} samples",
+            "draw fewer at a time",
+            share=0.5,
+            error=ValueError,
+        )
+        z = prior.sample((num_samples,))
         likelihood = self.likelihood(z)
         return likelihood.mean if mean else likelihood.sample()
 

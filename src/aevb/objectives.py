@@ -160,6 +160,14 @@ class ObjectiveTerms:
     bound: Tensor
 
 
+def check_beta(beta: float | Tensor) -> None:
+    """Refuse a KL weight given as a number that is negative or not finite. (The training
+    loop passes a tensor, set from checked settings; it is not inspected, which would cost a
+    host sync per step.)"""
+    if isinstance(beta, int | float) and not (0 <= beta < math.inf):
+        raise ConfigError(f"beta must be finite and non-negative, got {beta!r}")
+
+
 def kl_weight(step: int, warmup_steps: int, beta: float = 1.0, beta_start: float = 0.0) -> float:
     """KL weight at optimisation ``step`` (0-based): linear from ``beta_start`` to ``beta``.
 
@@ -289,6 +297,7 @@ class _SGVB(Objective):
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
         """Evaluate on x: (batch, *data_shape) with KL weight ``beta`` (β = 1 is the ELBO)."""
+        check_beta(beta)
         rule = self._rule(model, x)
         samples = latent_samples(model, x, self.num_samples)
         reconstruction = samples.log_likelihood.mean()
@@ -357,6 +366,7 @@ class IWAE(Objective):
         super().__init__(num_samples, **kl_weighting)
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        check_beta(beta)
         samples = latent_samples(model, x, self.num_samples)
         log_ratio = samples.log_prior - samples.log_posterior
         log_weights = samples.log_likelihood + beta * log_ratio
@@ -389,6 +399,7 @@ class ScoreFunction(Objective):
         self.baseline = baseline
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        check_beta(beta)
         samples = latent_samples(model, x, self.num_samples, reparameterised=False)
         log_ratio = samples.log_prior - samples.log_posterior
         reward = (samples.log_likelihood + beta * log_ratio).detach()

@@ -125,6 +125,11 @@ def load_dataset(
     unless AEVB_OFFLINE=1 or ``data_dir`` was given. The file-location arguments do not apply
     to user files, which are read from ``name_or_path`` itself.
     """
+    if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+        raise DataError(
+            f"a dataset is named by a string or a path, got {type(name_or_path).__name__} "
+            f"{name_or_path!r:.40}"
+        )
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     split = {"val_fraction": val_fraction, "split_seed": split_seed}

@@ -26,7 +26,7 @@ from aevb.data.datasets import DATASETS, Dataset
 from aevb.data.transforms import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
-from aevb.limits import MAX_SEED
+from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.networks import ACTIVATIONS, INITIALISATIONS
 from aevb.objectives import OBJECTIVES, ScoreFunction, objective_class
 from aevb.priors import PRIORS
@@ -42,6 +42,10 @@ GROUPS = {
     "optimizer": "optimiser",
     "training": "training",
 }
+# Larger values are surely mistakes (a million epochs of even the smallest data set take days;
+# 10⁵ latent samples per datapoint exhaust memory in the first step).
+MAX_EPOCHS = 1_000_000
+MAX_TRAINING_SAMPLES = 100_000
 # Activation of each architecture when none is given.
 DEFAULT_ACTIVATION = {"mlp": "tanh", "conv": "relu"}
 
@@ -181,7 +185,11 @@ class TrainConfig:
         choices=OBJECTIVES,
     )
     samples: int = setting(
-        1, "latent samples L (for IWAE: k) per datapoint", "objective", minimum=1
+        1,
+        "latent samples L (for IWAE: k) per datapoint",
+        "objective",
+        minimum=1,
+        maximum=MAX_TRAINING_SAMPLES,
     )
     beta: float = setting(1.0, "weight of the KL term (1: the ELBO)", "objective", minimum=0.0)
     beta_start: float = setting(0.0, "KL weight at step 0 of the warm-up", "objective", minimum=0.0)
@@ -208,7 +216,14 @@ class TrainConfig:
     )
     # training
     batch_size: int = setting(100, "minibatch size M", "training", minimum=1)
-    epochs: int = setting(50, "passes over the training set", "training", resumable=True, minimum=0)
+    epochs: int = setting(
+        50,
+        "passes over the training set",
+        "training",
+        resumable=True,
+        minimum=0,
+        maximum=MAX_EPOCHS,
+    )
     patience: int | None = setting(
         None,
         "stop after this many epochs without a better validation value of the judged metric",
@@ -290,10 +305,14 @@ class TrainConfig:
             minimum, maximum = meta["minimum"], meta["maximum"]
             if minimum is not None and any(v is not None and v < minimum for v in values):
                 problems.append(f"{f.name} must be at least {minimum:g}")
+            if maximum is None and any(isinstance(v, int) for v in values):
+                maximum = MAX_COUNT
             if maximum is not None and any(v is not None and v > maximum for v in values):
-                problems.append(f"{f.name} must be at most {maximum}")
+                problems.append(f"{f.name} must be at most {maximum:,}")
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 problems.append(f"{f.name} must be finite")
+            if isinstance(value, str) and not value.strip():
+                problems.append(f"{f.name} must not be empty")
         if not self.val_fraction < 1:
             problems.append("val_fraction must be in [0, 1)")
         if not self.lr > 0:

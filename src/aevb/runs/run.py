@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +166,13 @@ class RunRecord:
 
 def read_run(run_dir: str | Path) -> RunRecord:
     """The checked ``config.json`` of a run folder."""
-    path = Path(run_dir) / CONFIG_FILE
+    path = _folder(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise AevbError(f"{run_dir} is not an aevb run folder (no {CONFIG_FILE})")
     try:
         values = json.loads(path.read_text())
-    except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
-        raise AevbError(f"{path} is not readable JSON ({error})") from error
+    except (OSError, ValueError, RecursionError) as error:  # unreadable, not JSON, too deep
+        raise AevbError(f"{path} is not readable JSON ({type(error).__name__}: {error})") from error
     try:
         if not isinstance(values, dict):
             raise ConfigError("it is not a JSON object")
@@ -260,7 +262,7 @@ def start_run(
     and the model, write the run folder's ``config.json`` and build the Trainer. Returns the
     session: :meth:`RunSession.run` trains and finishes the run; ``session.trainer`` can also
     be driven directly (:meth:`aevb.train.Trainer.train_epoch`)."""
-    run_dir = check_output_folder(run_dir)
+    run_dir = check_output_folder(_folder(run_dir))
     if (run_dir / CONFIG_FILE).exists():
         raise AevbError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
@@ -333,7 +335,7 @@ def resume(
     A run killed before its first checkpoint starts over, which, seeded the same way, is the
     run it would have been.
     """
-    run_dir = Path(run_dir)
+    run_dir = _folder(run_dir)
     record = read_run(run_dir)
     with RunLock(run_dir) as lock:
         changes = {"epochs": epochs, "device": device, "compile": compile}
@@ -352,6 +354,8 @@ def resume(
         )
         if (run_dir / LAST).exists():
             session.restore(run_dir / LAST)
+        if (run_dir / BEST).exists():  # the best epoch's weights, kept unless bettered
+            _check_belongs(run_dir / BEST, record, run_dir)
         _remove_leftovers(run_dir)
         # The settings resuming may change (epochs, device, compile), as the run now has them.
         atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
@@ -628,6 +632,8 @@ class Run:
         loaded (before the transforms): (N, *data_shape) on the CPU."""
         if name not in SPLITS:
             raise AevbError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
+        if limit is not None and (not isinstance(limit, Integral) or limit < 1):
+            raise AevbError(f"limit must be a positive integer or None, got {limit!r}")
         if self._dataset is None:
             self._dataset = _load(self.config, progress=False)
         if name not in self._checked:
@@ -647,6 +653,8 @@ class Run:
             with np.errstate(over="ignore"):  # beyond float32: inf, refused below
                 x = np.asarray(x, dtype=np.float32)
         x = torch.as_tensor(x)
+        if x.dim() >= 2 and len(x) == 0:
+            raise DataError(f"{where} has no rows")
         if x.dim() < 2 or tuple(x.shape[1:]) != self.record.event_shape:
             raise DataError(
                 f"{where} has rows of shape {tuple(x.shape[1:])}, but the model in "
@@ -692,7 +700,7 @@ class Run:
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:
     """Open the run in ``run_dir`` with its ``best`` (or ``last``) weights on ``device``."""
-    run_dir = Path(run_dir)
+    run_dir = _folder(run_dir)
     record = read_run(run_dir)
     if which not in ("best", "last"):
         raise AevbError(f"which must be 'best' or 'last', got {which!r}")
@@ -701,6 +709,24 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
     path = run_dir / (BEST if which == "best" else LAST)
     if which == "best" and not path.exists():
         path = run_dir / LAST
+    tensors = _check_belongs(path, record, run_dir)
+    try:
+        model.load_state_dict(ckpt.unprefixed("model.", tensors))
+    except RuntimeError as error:
+        raise AevbError(f"{path} does not match the model in {run_dir}/config.json") from error
+    return Run(run_dir, record, model.to(device_).eval())
+
+
+def _folder(run_dir: str | Path) -> Path:
+    """``run_dir`` as a path; anything else (None, a number) is refused."""
+    if not isinstance(run_dir, str | os.PathLike) or not str(run_dir).strip():
+        raise AevbError(f"a run folder is a path, got {type(run_dir).__name__} {run_dir!r:.40}")
+    return Path(run_dir)
+
+
+def _check_belongs(path: Path, record: RunRecord, run_dir: Path) -> dict[str, Tensor]:
+    """The tensors of the checkpoint at ``path``, refused unless it is sound and was written
+    by the run ``record`` describes."""
     tensors, metadata = ckpt.load_checkpoint(path)
     if metadata.get("run") != record.identity():
         changed = differences(metadata.get("run"), record.identity())
@@ -708,11 +734,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
             f"{path} does not belong to the run in {run_dir}: it was written by another run, "
             f"or {CONFIG_FILE} was edited since ({'; '.join(changed[:5])})"
         )
-    try:
-        model.load_state_dict(ckpt.unprefixed("model.", tensors))
-    except RuntimeError as error:
-        raise AevbError(f"{path} does not match the model in {run_dir}/config.json") from error
-    return Run(run_dir, record, model.to(device_).eval())
+    return tensors
 
 
 def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> VAE:

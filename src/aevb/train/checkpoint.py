@@ -53,7 +53,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
             text = header[_METADATA_KEY]
             metadata = json.loads(text)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise AevbError(
             f"checkpoint {path} is truncated, corrupt or not an aevb checkpoint ({error})"
         ) from error
