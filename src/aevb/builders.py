@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ POSTERIORS = ("diagonal", "full")
 # Components of the mixture and VampPrior priors when not given: Tomczak & Welling (2018) used
 # 500 pseudo-inputs for MNIST.
 DEFAULT_COMPONENTS = {"mixture": 10, "vamp": 500}
+# Copies of a step's activations alive at its peak: the forward values and their gradients.
+ACTIVATION_COPIES = 2
 _MARK = "__aevb_model_factory__"
 
 Factory = TypeVar("Factory", bound=Callable[..., VAE])
@@ -115,13 +118,15 @@ class ModelSpec:
             )
         return function
 
-    def build(self, copies: int = 0) -> VAE:
+    def build(self, copies: int = 0, rows: int = 0) -> VAE:
         """Call the factory with the arguments; the result must be a VAE.
 
         With ``copies`` > 0 the model is first built on the ``meta`` device (no memory, no
-        initialisation) and refused if ``copies`` times its parameters would take more than
-        half the available memory (:func:`aevb.limits.check_memory`). A factory that cannot
-        build on the meta device is not checked."""
+        initialisation) and refused if ``copies`` times its parameters, plus the activations
+        of a training step on ``rows`` rows (batch × latent samples; estimated for the
+        built-in factories, :meth:`activation_values`), would take more than a quarter of the
+        available memory (:func:`aevb.limits.check_memory`). A factory that cannot build on
+        the meta device is not checked."""
         factory = self.resolve()
         if copies:
             try:
@@ -132,12 +137,16 @@ class ModelSpec:
             if isinstance(meta, nn.Module):
                 count = sum(p.numel() for p in meta.parameters())
                 size = sum(p.numel() * p.element_size() for p in meta.parameters())
+                activations = ACTIVATION_COPIES * 4 * rows * self.activation_values()
                 check_memory(
-                    copies * size,
-                    f"the model ({count:,} parameters, {copies} cop{'ies' if copies > 1 else 'y'})",
+                    copies * size + activations,
+                    f"the model ({count:,} parameters, {copies} cop"
+                    f"{'ies' if copies > 1 else 'y'}"
+                    + (f"; activations of {rows:,} rows per step" if activations else "")
+                    + ")",
                     "choose smaller layers (--hidden, --latent-dim, --channels, "
-                    "--prior-components)",
-                    share=0.5,
+                    "--prior-components) or batches",
+                    share=0.25,
                 )
         try:
             model = factory(**self.arguments)
@@ -152,6 +161,19 @@ class ModelSpec:
                 f"model factory {self.factory} returned {type(model).__name__}, not an aevb.VAE"
             )
         return model
+
+    def activation_values(self) -> int:
+        """Values one row keeps for the backward pass of a built-in model (both networks'
+        hidden layers before and after their nonlinearity, the data-sized output and its
+        density, the latent draws); 0 for other factories, which are not estimated."""
+        arguments = self.arguments
+        try:
+            hidden = sum(int(h) for h in arguments["hidden"])
+            data = math.prod(int(s) for s in arguments["data_shape"])
+            latent = int(arguments["latent_dim"])
+        except (KeyError, TypeError, ValueError):
+            return 0
+        return 4 * hidden + 2 * data + 4 * latent
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {"factory": self.factory, "arguments": self.arguments}

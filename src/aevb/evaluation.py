@@ -34,6 +34,7 @@ from aevb.distributions import full_covariance_gaussian, support_is_binary
 from aevb.errors import DataError
 from aevb.hmc import HMC, log_joint
 from aevb.kl import KLRule
+from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.models import VAE
 from aevb.objectives import latent_samples
 
@@ -50,6 +51,8 @@ def fixed_randomness(seed: int, device: torch.device):
     Evaluations are then repeatable and a training run resumed mid-way draws exactly the
     same random numbers as one that never stopped.
     """
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type):
         torch.manual_seed(seed)
@@ -115,6 +118,8 @@ def check_data(model: VAE, x: Tensor) -> None:
             "x must be a floating-point tensor of shape (N, *data_shape), got "
             f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}"
         )
+    if len(x) == 0:
+        raise DataError("x has no rows")
     parameter = next(model.parameters(), None)
     if parameter is not None and parameter.dtype != x.dtype:
         raise DataError(
@@ -231,6 +236,8 @@ def _check_counts(**counts: object) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if value > MAX_COUNT:
+            raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {value!r}")
 
 
 def _chunk_sizes(

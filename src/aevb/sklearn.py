@@ -131,8 +131,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         first = not hasattr(self, "model_")
         self._check_parameters()
         X = self._validate(X, reset=first)
+        check_outliers(X, outlier_bounds(X), "X", getattr(self, "feature_names_in_", None))
         if first:
-            check_outliers(X, outlier_bounds(X), "X", getattr(self, "feature_names_in_", None))
             self._start(X, int(check_random_state(self.random_state).randint(2**31 - 1)))
             self.history_, self.n_iter_ = [], 0
         self.history_ += self._trainer(X, []).fit(1).history
@@ -155,7 +155,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             likelihood_std=1.0,
             posterior=self.posterior,
         )
-        self.model_ = spec.build(copies=TRAINING_COPIES).to(resolve_device(self.device))
+        rows = min(self.batch_size, len(X)) * self.num_samples
+        self.model_ = spec.build(copies=TRAINING_COPIES, rows=rows).to(resolve_device(self.device))
         self.objective_ = make_objective(self.objective, **self._objective_options())
         self.optimizer_ = make_optimizer("adam", self.model_.parameters(), self.lr)
         self._n_features_out = self.latent_dim
@@ -193,6 +194,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         z = np.asarray(X, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected codes of shape (n, {self.latent_dim}), got {z.shape}")
+        if not (np.abs(z) <= np.finfo(np.float32).max).all():
+            raise ValueError("codes must be finite (and within float32's range)")
         with torch.no_grad():
             mean = self.model_.likelihood(self._tensor(z)).mean
         return self._in_data_units(mean)

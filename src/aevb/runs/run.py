@@ -277,7 +277,8 @@ def start_run(
         config = config.resolved_for(dataset)
         model = config.model_spec(dataset.event_shape)
     device = resolve_device(config.device)
-    network = _build(model, config.seed, device)
+    rows = min(config.batch_size, len(dataset.train)) * config.samples
+    network = _build(model, config.seed, device, rows)
     transforms, binarize, standardize = choose_transforms(
         dataset.train,
         dataset.name,
@@ -348,7 +349,8 @@ def resume(
             dataset = _load(config, progress)
         record.check_data(dataset, run_dir)
         device_ = resolve_device(config.device)
-        network = _build(record.spec, config.seed, device_)
+        rows = min(config.batch_size, len(dataset.train)) * config.samples
+        network = _build(record.spec, config.seed, device_, rows)
         session = RunSession(
             record, run_dir, network, dataset, device_, callbacks, progress, lock=lock
         )
@@ -374,11 +376,11 @@ def _load(config: TrainConfig, progress: bool) -> Dataset:
     )
 
 
-def _build(spec: ModelSpec, seed: int, device: torch.device) -> VAE:
-    """The model of ``spec`` to train (refused if it cannot fit in memory), its parameters
-    drawn after seeding with ``seed``."""
+def _build(spec: ModelSpec, seed: int, device: torch.device, rows: int) -> VAE:
+    """The model of ``spec`` to train on ``rows`` rows per step (refused if it cannot fit in
+    memory), its parameters drawn after seeding with ``seed``."""
     torch.manual_seed(seed)
-    return spec.build(copies=TRAINING_COPIES).to(device)
+    return spec.build(copies=TRAINING_COPIES, rows=rows).to(device)
 
 
 def _likelihood_is_binary(model: VAE, dataset: Dataset) -> bool:
