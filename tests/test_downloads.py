@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data_dir
 
 from aevb.data import files as data
 from aevb.data import load_dataset
@@ -231,10 +230,8 @@ def test_https_mirrors_are_tried_first(tmp_path: Path, monkeypatch: pytest.Monke
 # --- the real files -------------------------------------------------------------------------------
 
 
-def test_shared_files_match_the_sha256_table_and_sizes():
-    root = shared_data_dir()
-    if root is None:
-        pytest.skip("real datasets not found: set AEVB_DATA_DIR or place ../shared/data")
+def test_shared_files_match_the_sha256_table_and_sizes(data_dir):
+    root = data_dir
     for (subfolder, name), (_, digest) in data._CHECKSUMS.items():
         path = root / subfolder / name
         if not path.is_file():  # the .amat files are kept gzipped
