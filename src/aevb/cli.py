@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aevb.errors import AevbError, TrainingInterrupted
 from aevb.limits import MAX_COUNT, MAX_SEED
@@ -623,12 +623,13 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aevb`` command; returns the exit status.
+def main(argv: Sequence[str] | None = None, *, ignore_signals_after: bool = False) -> int:
+    """Run one ``aevb`` command; returns the exit status.
 
     SIGINT and SIGTERM end any command with one line and exit status 130 (the training loop
     first finishes its step and writes a checkpoint); a user error with one ``error:`` line and
-    status 2.
+    status 2. ``ignore_signals_after`` (for the process's own entry point, :func:`console`)
+    leaves both signals ignored once the command is done instead of restoring the handlers.
     """
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
@@ -638,8 +639,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ninterrupted (signal {signum}); nothing was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if previous is not None:
+        if ignore_signals_after and previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def console() -> NoReturn:
+    """The ``aevb`` command and ``python -m aevb.cli``: :func:`main` on ``sys.argv``, then exit
+    with its status.
+
+    Once the command is done, SIGINT and SIGTERM are ignored: the interpreter's shutdown (a
+    few hundred milliseconds with torch loaded) resets Python's handlers to the default, so a
+    signal then would kill a finished command silently (exit −2/−15, no message) although its
+    work is complete; ignored handlers are left as they are until the process ends.
+    """
+    sys.exit(main(ignore_signals_after=True))
 
 
 def _main_thread() -> bool:
@@ -674,4 +690,4 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -204,3 +204,32 @@ def test_a_signal_while_the_command_loads_ends_with_one_line(tmp_path, signum):
     _, err = process.communicate(timeout=120)  # a run takes several seconds: still loading
     assert process.returncode == EXIT_INTERRUPTED, err
     assert "interrupted (signal" in err and "Traceback" not in err
+
+
+# Runs the CLI's entry point in a process that signals itself from an atexit hook, i.e. while
+# the interpreter shuts down after the command has finished.
+_SIGNALLED_AT_EXIT = """
+import atexit, os, signal, sys
+from aevb.cli import console
+def late():
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+atexit.register(late)
+sys.argv = ["aevb", *sys.argv[1:]]
+console()
+"""
+
+
+def test_a_signal_after_the_command_finished_changes_nothing(tmp_path):
+    """SIGTERM and SIGINT once the command is done (the interpreter's shutdown, where Python
+    has reset its handlers): the faults harness saw finished runs exit −2/−15 silently; the
+    entry point leaves both signals ignored, so the finished command exits 0."""
+    run = tmp_path / "run"
+    process = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_AT_EXIT, "train", "--epochs", "1", *QUICK, "--out", run],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr
+    assert "Traceback" not in process.stderr and f"run folder: {run}" in process.stdout
