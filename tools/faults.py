@@ -684,13 +684,22 @@ class Harness:
         first = Launch(folder, "training", self.train_argv(run, "A"))
         wait_until(lambda: (run / "checkpoints/last.safetensors").exists(), first)
         time.sleep(fault.params["delay"])
-        fault.notes["first_alive_at_resume"] = first.alive()
+        alive = first.alive()
+        fault.notes["first_alive_at_resume"] = alive
+        # The trainer is paused (it keeps its lock) while the resumer starts up: without the
+        # pause, a resumer slowed by a busy machine reached the lock after the trainer had
+        # finished and, rightly, resumed the finished run, which the judge below cannot tell
+        # from two writers at once.
+        if alive:
+            first.signal(signal.SIGSTOP)
         second = Launch(
             folder,
             "resumer",
             ["train", "--resume", str(run), "--epochs", "16", "--no-progress", "--threads", "1"],
         )
         b = second.wait()
+        if alive:
+            first.signal(signal.SIGCONT)
         a = first.wait()
         fault.record(a)
         fault.record(b)

@@ -11,10 +11,12 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -632,6 +634,9 @@ def main(argv: Sequence[str] | None = None, *, ignore_signals_after: bool = Fals
     leaves both signals ignored once the command is done instead of restoring the handlers.
     """
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    previous_hook = sys.unraisablehook
+    if previous is not None:
+        sys.unraisablehook = partial(_redeliver_interrupts, previous_hook)
     try:
         return _main(argv)
     except KeyboardInterrupt as interrupt:
@@ -639,11 +644,26 @@ def main(argv: Sequence[str] | None = None, *, ignore_signals_after: bool = Fals
         print(f"\ninterrupted (signal {signum}); nothing was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        sys.unraisablehook = previous_hook
         if ignore_signals_after and previous is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         elif previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _redeliver_interrupts(
+    previous_hook: Callable[[sys.UnraisableHookArgs], object], unraisable: sys.UnraisableHookArgs
+) -> None:
+    """``sys.unraisablehook`` while a command runs: a KeyboardInterrupt raised where Python
+    cannot propagate it (a signal handled inside a weakref callback, e.g. importlib's module
+    locks while torch loads) is not printed and lost but raised again from a timer thread, so
+    that it lands where it ends the command cleanly; anything else goes to ``previous_hook``."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        signum = getattr(unraisable.exc_type, "signum", signal.SIGINT)
+        threading.Timer(0.01, signal.raise_signal, (signum,)).start()
+        return
+    previous_hook(unraisable)
 
 
 def console() -> NoReturn:
@@ -659,8 +679,6 @@ def console() -> NoReturn:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

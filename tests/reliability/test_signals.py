@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,35 @@ def test_a_signal_at_start_up_ends_with_one_line(tmp_path, monkeypatch, signum):
     assert "Traceback" not in outcome.err and not (run / "config.json").exists()
     monkeypatch.setattr(run_module, "_load", load)
     assert cli("train", "--epochs", "1", *QUICK, "--out", run).status == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_swallowed_by_a_weakref_callback_still_ends_the_command(
+    tmp_path, monkeypatch, signum
+):
+    """The faults harness once saw SIGINT land inside importlib's module-lock weakref callback
+    while torch loaded: Python printed "Exception ignored in: ... KeyboardInterrupt" and the
+    command trained on to exit 0. Here the signal is handled inside a weakref callback during
+    the data load: the command still ends with exit 130 and one line, nothing printed about it
+    being ignored, and no run folder."""
+    load = run_module._load
+
+    class Held:
+        pass
+
+    def load_with_a_dying_weakref(*args, **kwargs):
+        held = Held()
+        ref = weakref.ref(held, lambda _: _send(signum))  # noqa: F841 (kept alive until here)
+        del held  # the callback runs now; the signal's exception cannot leave it
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_load", load_with_a_dying_weakref)
+    run = tmp_path / "run"
+    outcome = cli("train", "--epochs", "1", *QUICK, "--out", run)
+    assert outcome.status == EXIT_INTERRUPTED, outcome.err
+    assert f"interrupted (signal {int(signum)})" in outcome.err, outcome.err
+    assert "Traceback" not in outcome.err and "Exception ignored" not in outcome.err
+    assert not (run / "checkpoints" / "last.safetensors").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
