@@ -277,8 +277,7 @@ def start_run(
         config = config.resolved_for(dataset)
         model = config.model_spec(dataset.event_shape)
     device = resolve_device(config.device)
-    rows = min(config.batch_size, len(dataset.train)) * config.samples
-    network = _build(model, config.seed, device, rows)
+    network = _build(model, config, device, len(dataset.train))
     transforms, binarize, standardize = choose_transforms(
         dataset.train,
         dataset.name,
@@ -349,8 +348,7 @@ def resume(
             dataset = _load(config, progress)
         record.check_data(dataset, run_dir)
         device_ = resolve_device(config.device)
-        rows = min(config.batch_size, len(dataset.train)) * config.samples
-        network = _build(record.spec, config.seed, device_, rows)
+        network = _build(record.spec, config, device_, len(dataset.train))
         session = RunSession(
             record, run_dir, network, dataset, device_, callbacks, progress, lock=lock
         )
@@ -376,10 +374,12 @@ def _load(config: TrainConfig, progress: bool) -> Dataset:
     )
 
 
-def _build(spec: ModelSpec, seed: int, device: torch.device, rows: int) -> VAE:
-    """The model of ``spec`` to train on ``rows`` rows per step (refused if it cannot fit in
-    memory), its parameters drawn after seeding with ``seed``."""
-    torch.manual_seed(seed)
+def _build(spec: ModelSpec, config: TrainConfig, device: torch.device, train_rows: int) -> VAE:
+    """The model of ``spec`` to train as ``config`` says on ``train_rows`` training rows
+    (refused if it cannot fit in memory), its parameters drawn after seeding with the run's
+    seed."""
+    torch.manual_seed(config.seed)
+    rows = min(config.batch_size, train_rows) * config.samples  # rows of one step
     return spec.build(copies=TRAINING_COPIES, rows=rows).to(device)
 
 
