@@ -7,6 +7,7 @@ one ``error: …`` line and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import signal
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aevb.errors import AevbError, TrainingInterrupted
 from aevb.limits import MAX_COUNT, MAX_SEED
@@ -625,43 +626,83 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+class _StartUpSignals:
+    """SIGINT and SIGTERM while a command starts up (parsing, importing torch and matplotlib)
+    are held, not raised, and raised by :meth:`started` once the imports are done.
+
+    An exception raised inside an import can leave a half-initialised module behind (numpy
+    without ``subtract``, then a traceback from matplotlib), or be swallowed where Python
+    cannot raise (a weakref callback in importlib's module locks); a held signal ends the
+    command at the first safe point instead, a second or two later.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def hold(self) -> None:
+        self.previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+
+    def _record(self, signum: int, frame) -> None:
+        self.held.append(signum)
+
+    def started(self) -> None:
+        """From here on SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`; a
+        signal held during start-up is raised now."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _terminate)
+        if self.held:
+            raise Terminated() if self.held[0] == signal.SIGTERM else KeyboardInterrupt()
+
+    def restore(self, *, ignore: bool) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_IGN if ignore else handler)
+
+
 def main(argv: Sequence[str] | None = None, *, ignore_signals_after: bool = False) -> int:
     """Run one ``aevb`` command; returns the exit status.
 
     SIGINT and SIGTERM end any command with one line and exit status 130 (the training loop
-    first finishes its step and writes a checkpoint); a user error with one ``error:`` line and
-    status 2. ``ignore_signals_after`` (for the process's own entry point, :func:`console`)
-    leaves both signals ignored once the command is done instead of restoring the handlers.
+    first finishes its step and writes a checkpoint; during start-up the signal is held until
+    the imports are done); a user error with one ``error:`` line and status 2.
+    ``ignore_signals_after`` (for the process's own entry point, :func:`console`) leaves both
+    signals ignored once the command is done instead of restoring the handlers.
     """
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    signals = _StartUpSignals() if _main_thread() else None
     previous_hook = sys.unraisablehook
-    if previous is not None:
+    if signals is not None:
+        signals.hold()
         sys.unraisablehook = partial(_redeliver_interrupts, previous_hook)
     try:
-        return _main(argv)
+        return _main(argv, started=signals.started if signals is not None else _no_op)
     except KeyboardInterrupt as interrupt:
         signum = getattr(interrupt, "signum", signal.SIGINT)
         print(f"\ninterrupted (signal {signum}); nothing was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         sys.unraisablehook = previous_hook
-        if ignore_signals_after and previous is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        elif previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if signals is not None:
+            signals.restore(ignore=ignore_signals_after)
+
+
+def _no_op() -> None:
+    pass
 
 
 def _redeliver_interrupts(
     previous_hook: Callable[[sys.UnraisableHookArgs], object], unraisable: sys.UnraisableHookArgs
 ) -> None:
     """``sys.unraisablehook`` while a command runs: a KeyboardInterrupt raised where Python
-    cannot propagate it (a signal handled inside a weakref callback, e.g. importlib's module
-    locks while torch loads) is not printed and lost but raised again from a timer thread, so
-    that it lands where it ends the command cleanly; anything else goes to ``previous_hook``."""
+    cannot propagate it (a signal handled inside a weakref callback) is not printed and lost
+    but delivered again from a timer thread, so that it lands where it ends the command
+    cleanly; anything else goes to ``previous_hook``. ``interrupt_main`` calls the Python
+    handler, and does nothing where the signal is ignored or default by then (``raise_signal``
+    would kill the process)."""
     if issubclass(unraisable.exc_type, KeyboardInterrupt):
         signum = getattr(unraisable.exc_type, "signum", signal.SIGINT)
-        threading.Timer(0.01, signal.raise_signal, (signum,)).start()
+        threading.Timer(0.01, _thread.interrupt_main, (signum,)).start()
         return
     previous_hook(unraisable)
 
@@ -675,16 +716,24 @@ def console() -> NoReturn:
     signal then would kill a finished command silently (exit −2/−15, no message) although its
     work is complete; ignored handlers are left as they are until the process ends.
     """
-    sys.exit(main(ignore_signals_after=True))
+    status = main(ignore_signals_after=True)
+    # CPython marks a KeyboardInterrupt as unhandled when it leaves code run by ``exec`` of a
+    # string (dataclasses and torch generate functions that way), even if a caller catches
+    # it, and under ``python -m`` then kills itself with SIGINT at exit (-2 instead of our
+    # 130). Every string ``exec`` clears the mark first; the interrupt was handled above.
+    exec("pass")
+    sys.exit(status)
 
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
     args = build_parser().parse_args(argv)
     import torch
+
+    started()
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
