@@ -27,6 +27,13 @@ from torch import nn
 
 from aevb import heads
 from aevb.errors import ConfigError
+from aevb.flows import (
+    FLOW_POSTERIORS,
+    IAFPosterior,
+    PlanarPosterior,
+    default_flow_hidden,
+    default_flow_steps,
+)
 from aevb.limits import check_memory
 from aevb.models import VAE, Decoder, Encoder
 from aevb.networks import MLP, ConvDecoderNetwork, ConvEncoderNetwork, initialise
@@ -44,7 +51,7 @@ __all__ = [
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
-POSTERIORS = ("diagonal", "full")
+POSTERIORS = ("diagonal", "full", *FLOW_POSTERIORS)
 # Components of the mixture and VampPrior priors when not given: Tomczak & Welling (2018) used
 # 500 pseudo-inputs for MNIST.
 DEFAULT_COMPONENTS = {"mixture": 10, "vamp": 500}
@@ -225,13 +232,34 @@ def _plain(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- built-in parts
-def posterior_head(posterior: str, latent_dim: int) -> heads.Head:
-    """The head of q(z|x): ``"diagonal"`` or ``"full"`` covariance."""
+def posterior_head(
+    posterior: str,
+    latent_dim: int,
+    flow_steps: int | None = None,
+    flow_hidden: int | None = None,
+) -> heads.Head:
+    """The head of q(z|x): ``"diagonal"`` or ``"full"`` covariance, or a diagonal Gaussian
+    through ``flow_steps`` ``"iaf"`` or ``"planar"`` flows (:mod:`aevb.flows`; defaults by
+    kind; ``flow_hidden`` units per IAF MADE layer)."""
+    if posterior not in POSTERIORS:
+        raise ConfigError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+    if posterior not in FLOW_POSTERIORS and (flow_steps, flow_hidden) != (None, None):
+        raise ConfigError("flow_steps and flow_hidden apply to the iaf and planar posteriors")
     if posterior == "diagonal":
         return heads.DiagonalGaussian(latent_dim)
     if posterior == "full":
         return heads.FullCovarianceGaussian(latent_dim)
-    raise ConfigError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+    steps = default_flow_steps(posterior) if flow_steps is None else flow_steps
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
+        raise ConfigError(f"flow_steps must be a positive integer, got {steps!r}")
+    if posterior == "planar":
+        if flow_hidden is not None:
+            raise ConfigError("flow_hidden applies to the iaf posterior (planar flows have none)")
+        return PlanarPosterior(latent_dim, steps)
+    hidden = default_flow_hidden(latent_dim) if flow_hidden is None else flow_hidden
+    if isinstance(hidden, bool) or not isinstance(hidden, Integral) or hidden < 1:
+        raise ConfigError(f"flow_hidden must be a positive integer, got {hidden!r}")
+    return IAFPosterior(latent_dim, steps, hidden)
 
 
 def likelihood_head(
@@ -317,19 +345,22 @@ def mlp(
     posterior: str = "diagonal",
     prior: str = "standard",
     prior_components: int | None = None,
+    flow_steps: int | None = None,
+    flow_hidden: int | None = None,
 ) -> VAE:
     """The paper's model: encoder and decoder MLPs with ``hidden`` layers (the decoder's in
     reverse order) and ``activation`` between them.
 
     ``likelihood``: ``"bernoulli"``, ``"gaussian"`` (σ = ``likelihood_std``) or
     ``"gaussian-learned"`` (``squash_mean``: sigmoid on the mean); ``posterior``:
-    ``"diagonal"`` or ``"full"`` covariance; ``init="paper"`` draws every weight from
-    N(0, 0.01²); ``prior``: ``"standard"``, ``"mixture"`` or ``"vamp"`` with
+    ``"diagonal"`` or ``"full"`` covariance, or ``"iaf"`` / ``"planar"`` flows with
+    ``flow_steps`` steps (``flow_hidden``: units of each IAF MADE layer); ``init="paper"``
+    draws every weight from N(0, 0.01²); ``prior``: ``"standard"``, ``"mixture"`` or ``"vamp"`` with
     ``prior_components`` components (10 and 500 when not given).
     """
     data_shape, hidden = tuple(data_shape), tuple(hidden)
     _check(latent_dim, hidden, data_shape)
-    q_head = posterior_head(posterior, latent_dim)
+    q_head = posterior_head(posterior, latent_dim, flow_steps, flow_hidden)
     p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
     return _assemble(
         MLP(data_shape, hidden, q_head.parameter_shape, activation),
@@ -358,6 +389,8 @@ def conv(
     posterior: str = "diagonal",
     prior: str = "standard",
     prior_components: int | None = None,
+    flow_steps: int | None = None,
+    flow_hidden: int | None = None,
 ) -> VAE:
     """A small DCGAN-style pair for (C, H, W) images: 4×4 stride-2 convolutions with
     ``channels`` feature maps and fully connected ``hidden`` layers in the encoder, the mirror
@@ -370,7 +403,7 @@ def conv(
     _check(latent_dim, (*hidden, *channels), data_shape)
     if not channels:
         raise ConfigError("the conv net needs at least one convolution (channels)")
-    q_head = posterior_head(posterior, latent_dim)
+    q_head = posterior_head(posterior, latent_dim, flow_steps, flow_hidden)
     p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
     (out_features,) = q_head.parameter_shape
     try:

@@ -41,6 +41,7 @@ from torch.distributions import Distribution
 
 from aevb.distributions import is_factorised
 from aevb.errors import ConfigError
+from aevb.flows import FlowPosterior
 from aevb.kl import KLRule
 from aevb.models import VAE
 
@@ -123,11 +124,24 @@ def latent_samples(
     posterior = model.posterior(x) if posterior is None else posterior
     prior = model.prior() if prior is None else prior
     shape = (num_samples,)
-    if noise is not None:
+    log_posterior = None
+    if isinstance(posterior, FlowPosterior):
+        # A flow gives the density of its own draws in the same pass; any other z would
+        # need its maps inverted.
+        if noise is not None:
+            z, log_posterior = posterior.push_noise(noise.unsqueeze(1))
+        elif reparameterised:
+            z, log_posterior = posterior.rsample_and_log_prob(shape)
+        else:
+            z = posterior.sample(shape)  # the score function's log q needs z held fixed
+    elif noise is not None:
         z = _transform_noise(posterior, noise.unsqueeze(1))
     else:
         z = posterior.rsample(shape) if reparameterised else posterior.sample(shape)
-    return LatentSamples(posterior, prior, z, model.likelihood(z).log_prob(x))
+    samples = LatentSamples(posterior, prior, z, model.likelihood(z).log_prob(x))
+    if log_posterior is not None:
+        samples._cache["log_posterior"] = log_posterior
+    return samples
 
 
 def _transform_noise(posterior: Distribution, noise: Tensor) -> Tensor:

@@ -41,7 +41,8 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Parameters mirror ``aevb train``: ``latent_dim``; ``hidden`` layer sizes; ``likelihood``
     (``"gaussian-learned"``, ``"gaussian"`` with σ = 1 on standardised features, or
-    ``"bernoulli"`` for data in [0, 1]); ``posterior`` (``"diagonal"`` or ``"full"``);
+    ``"bernoulli"`` for data in [0, 1]); ``posterior`` (``"diagonal"``, ``"full"``, or the
+    ``"iaf"`` and ``"planar"`` flows with their default steps);
     ``objective`` (``"sgvb-b"``, ``"sgvb-a"``, ``"iwae"``) with ``num_samples`` draws; ``beta``
     (KL weight); ``epochs``, ``batch_size``, ``lr`` (Adam); ``early_stopping`` on a
     ``validation_fraction`` held out of ``fit``'s data, stopping after ``n_iter_no_change``

@@ -26,6 +26,7 @@ from aevb.data.datasets import DATASETS, Dataset
 from aevb.data.transforms import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
+from aevb.flows import FLOW_POSTERIORS
 from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.networks import ACTIVATIONS, INITIALISATIONS
 from aevb.objectives import OBJECTIVES, ScoreFunction, objective_class
@@ -145,7 +146,27 @@ class TrainConfig:
     init: str = setting(
         "default", "'paper' draws every weight from N(0, 0.01²)", "model", choices=INITIALISATIONS
     )
-    posterior: str = setting("diagonal", "covariance of q(z|x)", "model", choices=POSTERIORS)
+    posterior: str = setting(
+        "diagonal",
+        "q(z|x): a diagonal or full-covariance Gaussian, or a diagonal Gaussian through "
+        "inverse autoregressive (iaf) or planar flows",
+        "model",
+        choices=POSTERIORS,
+    )
+    flow_steps: int | None = setting(
+        None,
+        "flow steps of the iaf or planar posterior",
+        "model",
+        default_text="2 for iaf, 10 for planar",
+        minimum=1,
+    )
+    flow_hidden: int | None = setting(
+        None,
+        "units of each hidden layer of an IAF step's MADE",
+        "model",
+        default_text="4 × latent dim, at least 64",
+        minimum=1,
+    )
     likelihood: str | None = setting(
         None,
         "p(x|z): bernoulli, gaussian (fixed σ = --likelihood-std) or gaussian-learned",
@@ -334,8 +355,24 @@ class TrainConfig:
         for name in ("samples", "beta", "beta_start", "warmup_steps", "free_bits", "baseline"):
             if name not in accepted and getattr(self, name) != defaults[name].default:
                 problems.append(f"--{_flag(name)} does not apply to the {self.objective} objective")
-        if self.free_bits and self.posterior == "full":
+        if self.free_bits and self.posterior != "diagonal":
             problems.append("free bits need a diagonal posterior, whose KL splits per dimension")
+        flow = self.posterior in FLOW_POSTERIORS
+        if not flow and (self.flow_steps, self.flow_hidden) != (None, None):
+            problems.append("--flow-steps and --flow-hidden apply to --posterior iaf or planar")
+        if self.posterior == "planar" and self.flow_hidden is not None:
+            problems.append("--flow-hidden applies to --posterior iaf (planar flows have none)")
+        if flow and self.prior == "vamp":
+            problems.append(
+                "the VampPrior's density is a mixture of the posterior at its pseudo-inputs, "
+                "which a flow gives at other points only by inverting its maps for each of "
+                "them; use --posterior diagonal with --prior vamp"
+            )
+        if flow and self.objective == "autoencoder":
+            problems.append(
+                "the autoencoder's code is the posterior mean, which a flow posterior has "
+                "only as a Monte Carlo estimate; use --posterior diagonal"
+            )
         if self.objective in ("wake-sleep", "mcem") and self.prior != "standard":
             problems.append(
                 f"the {self.objective} objective has no term that trains a {self.prior} prior"
@@ -407,6 +444,9 @@ class TrainConfig:
             "prior": self.prior,
             "prior_components": self.prior_components,
         }
+        if self.posterior in FLOW_POSTERIORS:
+            arguments["flow_steps"] = self.flow_steps
+            arguments["flow_hidden"] = self.flow_hidden
         if self.architecture == "conv":
             return ModelSpec.of(conv, channels=list(self.channels), **arguments)
         return ModelSpec.of(mlp, **arguments)
