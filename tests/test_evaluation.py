@@ -182,3 +182,20 @@ def test_grey_values_for_a_bernoulli_likelihood_are_refused(model_and_batch):
         evaluate(model, grey, importance_samples=10)
     with pytest.raises(DataError, match="Bernoulli"):
         log_likelihood_per_example(model, grey, 10)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [{"posterior": "iaf"}, {"posterior": "planar"}, {"top_latent_dim": 2}],
+    ids=["iaf", "planar", "two-layers"],
+)
+def test_per_row_scores_of_sampled_posteriors_depend_on_the_row_alone(parts):
+    """Posteriors that transform noise (flows, two stochastic layers) share the standard-normal
+    draws between rows too: a row's log p̂(x) is the same scored alone or among others (to
+    float32 round-off: a batch of one and of six go through different matrix kernels)."""
+    torch.manual_seed(4)
+    model = mlp((10,), latent_dim=3, hidden=(16,), likelihood="gaussian", **parts)
+    x = torch.randn(6, 10)
+    together = log_likelihood_per_example(model, x, importance_samples=50)
+    alone = torch.cat([log_likelihood_per_example(model, x[i : i + 1], 50) for i in range(6)])
+    torch.testing.assert_close(together, alone, atol=0, rtol=1e-6)

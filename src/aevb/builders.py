@@ -34,6 +34,12 @@ from aevb.flows import (
     default_flow_hidden,
     default_flow_steps,
 )
+from aevb.hierarchy import (
+    DEFAULT_TOP_HIDDEN,
+    FirstUnits,
+    TwoLayerPosteriorHead,
+    TwoLayerPrior,
+)
 from aevb.limits import check_memory
 from aevb.models import VAE, Decoder, Encoder
 from aevb.networks import MLP, ConvDecoderNetwork, ConvEncoderNetwork, initialise
@@ -50,7 +56,9 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("mlp", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "logistic-mixture", "categorical")
+# Logistic components per value of the discretised mixture likelihood when not given.
+DEFAULT_LIKELIHOOD_COMPONENTS = 5
 POSTERIORS = ("diagonal", "full", *FLOW_POSTERIORS)
 # Components of the mixture and VampPrior priors when not given: Tomczak & Welling (2018) used
 # 500 pseudo-inputs for MNIST.
@@ -178,9 +186,20 @@ class ModelSpec:
             hidden = sum(int(h) for h in arguments["hidden"])
             data = math.prod(int(s) for s in arguments["data_shape"])
             latent = int(arguments["latent_dim"])
-        except (KeyError, TypeError, ValueError):
+            width = 1
+            if arguments.get("likelihood") in ("categorical", "logistic-mixture"):
+                with torch.device("meta"):
+                    head = likelihood_head(
+                        arguments["likelihood"],
+                        arguments["data_shape"],
+                        0.1,
+                        False,
+                        arguments.get("likelihood_components"),
+                    )
+                width = head.width
+        except (KeyError, TypeError, ValueError, ConfigError):
             return 0
-        return 4 * hidden + 2 * data + 4 * latent
+        return 4 * hidden + 2 * data * width + 4 * latent
 
     def to_dict(self) -> dict[str, Any]:
         values: dict[str, Any] = {"factory": self.factory, "arguments": self.arguments}
@@ -263,15 +282,30 @@ def posterior_head(
 
 
 def likelihood_head(
-    likelihood: str, data_shape: Sequence[int], likelihood_std: float, squash_mean: bool
+    likelihood: str,
+    data_shape: Sequence[int],
+    likelihood_std: float,
+    squash_mean: bool,
+    components: int | None = None,
 ) -> heads.Head:
-    """The head of p(x|z): Bernoulli, Gaussian with fixed σ, or Gaussian with learned σ."""
+    """The head of p(x|z): Bernoulli, Gaussian with fixed σ, Gaussian with learned σ, or for
+    8-bit data a discretised logistic mixture (``components`` per value) or a 256-way
+    categorical."""
+    if components is not None and likelihood != "logistic-mixture":
+        raise ConfigError("likelihood_components applies to the logistic-mixture likelihood")
     if likelihood == "bernoulli":
         return heads.Bernoulli(data_shape)
     if likelihood == "gaussian":
         return heads.Gaussian(data_shape, likelihood_std)
     if likelihood == "gaussian-learned":
         return heads.LearnedGaussian(data_shape, squash_mean)
+    if likelihood == "logistic-mixture":
+        count = DEFAULT_LIKELIHOOD_COMPONENTS if components is None else components
+        if isinstance(count, bool) or not isinstance(count, Integral) or count < 1:
+            raise ConfigError(f"likelihood_components must be a positive integer, got {count!r}")
+        return heads.DiscretizedLogisticMixture(data_shape, count)
+    if likelihood == "categorical":
+        return heads.EightBitCategorical(data_shape)
     raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
 
 
@@ -304,14 +338,69 @@ def _assemble(
     init: str,
     prior: str,
     prior_components: int | None,
+    top: TopLayer | None = None,
 ) -> VAE:
+    """The VAE of these parts; with a ``top`` stochastic layer, the decoder network sees the
+    first ``latent_dim`` units of z = (z₁, z₂) and the prior is the two-layer one."""
+    if top is not None:
+        decoder_network = nn.Sequential(FirstUnits(latent_dim), decoder_network)
     encoder = Encoder(encoder_network, posterior, data_shape)
-    decoder = Decoder(decoder_network, likelihood, latent_dim)
-    initialise(encoder, init)
-    initialise(decoder, init)
-    return VAE(
-        encoder, decoder, make_prior(prior, latent_dim, encoder, data_shape, prior_components)
-    )
+    decoder = Decoder(decoder_network, likelihood, latent_dim + (top.latent_dim if top else 0))
+    if top is None:
+        prior_module = make_prior(prior, latent_dim, encoder, data_shape, prior_components)
+    else:
+        prior_module = TwoLayerPrior((latent_dim, top.latent_dim), top.hidden, top.activation)
+    for part in (encoder, decoder, prior_module):
+        initialise(part, init)
+    return VAE(encoder, decoder, prior_module)
+
+
+@dataclass(frozen=True)
+class TopLayer:
+    """A second stochastic layer z₂ of ``latent_dim`` units above z₁, with MLPs of ``hidden``
+    layers between them both ways (Burda et al. 2015's two-layer models)."""
+
+    latent_dim: int
+    hidden: tuple[int, ...]
+    activation: str
+
+
+def _top_layer(
+    top_latent_dim: int | None,
+    top_hidden: Sequence[int],
+    activation: str,
+    posterior: str,
+    prior: str,
+    latent_dim: int,
+) -> TopLayer | None:
+    """The checked second layer, if asked for: it needs the diagonal posterior (for q(z₁|x))
+    and the standard prior (for z₂)."""
+    if top_latent_dim is None:
+        return None
+    _check(top_latent_dim, top_hidden, (latent_dim,))
+    if posterior != "diagonal":
+        raise ConfigError(
+            "a second stochastic layer has its own posterior, q(z₁|x) q(z₂|z₁) with diagonal "
+            f"Gaussians; it does not take the {posterior} posterior"
+        )
+    if prior != "standard":
+        raise ConfigError(
+            "a second stochastic layer has its own prior, p(z₁|z₂) N(z₂; 0, I); it does not "
+            f"take the {prior} prior"
+        )
+    return TopLayer(int(top_latent_dim), tuple(int(h) for h in top_hidden), activation)
+
+
+def _posterior_of(
+    top: TopLayer | None,
+    posterior: str,
+    latent_dim: int,
+    flow_steps: int | None,
+    flow_hidden: int | None,
+) -> heads.Head:
+    if top is None:
+        return posterior_head(posterior, latent_dim, flow_steps, flow_hidden)
+    return TwoLayerPosteriorHead((latent_dim, top.latent_dim), top.hidden, top.activation)
 
 
 def _check(latent_dim: int, hidden: Sequence[int], data_shape: Sequence[int]) -> None:
@@ -347,21 +436,31 @@ def mlp(
     prior_components: int | None = None,
     flow_steps: int | None = None,
     flow_hidden: int | None = None,
+    likelihood_components: int | None = None,
+    top_latent_dim: int | None = None,
+    top_hidden: Sequence[int] = DEFAULT_TOP_HIDDEN,
 ) -> VAE:
     """The paper's model: encoder and decoder MLPs with ``hidden`` layers (the decoder's in
     reverse order) and ``activation`` between them.
 
     ``likelihood``: ``"bernoulli"``, ``"gaussian"`` (σ = ``likelihood_std``) or
-    ``"gaussian-learned"`` (``squash_mean``: sigmoid on the mean); ``posterior``:
+    ``"gaussian-learned"`` (``squash_mean``: sigmoid on the mean), or for 8-bit data
+    ``"logistic-mixture"`` (``likelihood_components`` per value) or ``"categorical"``
+    (256-way); ``posterior``:
     ``"diagonal"`` or ``"full"`` covariance, or ``"iaf"`` / ``"planar"`` flows with
     ``flow_steps`` steps (``flow_hidden``: units of each IAF MADE layer); ``init="paper"``
     draws every weight from N(0, 0.01²); ``prior``: ``"standard"``, ``"mixture"`` or ``"vamp"`` with
-    ``prior_components`` components (10 and 500 when not given).
+    ``prior_components`` components (10 and 500 when not given); ``top_latent_dim``: a
+    second stochastic layer z₂ above z = z₁ (``latent_dim`` units), with ``top_hidden`` MLP
+    layers between them both ways (:mod:`aevb.hierarchy`).
     """
     data_shape, hidden = tuple(data_shape), tuple(hidden)
     _check(latent_dim, hidden, data_shape)
-    q_head = posterior_head(posterior, latent_dim, flow_steps, flow_hidden)
-    p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
+    top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim)
+    q_head = _posterior_of(top, posterior, latent_dim, flow_steps, flow_hidden)
+    p_head = likelihood_head(
+        likelihood, data_shape, likelihood_std, squash_mean, likelihood_components
+    )
     return _assemble(
         MLP(data_shape, hidden, q_head.parameter_shape, activation),
         MLP((latent_dim,), tuple(reversed(hidden)), p_head.parameter_shape, activation),
@@ -372,6 +471,7 @@ def mlp(
         init,
         prior,
         prior_components,
+        top,
     )
 
 
@@ -391,6 +491,9 @@ def conv(
     prior_components: int | None = None,
     flow_steps: int | None = None,
     flow_hidden: int | None = None,
+    likelihood_components: int | None = None,
+    top_latent_dim: int | None = None,
+    top_hidden: Sequence[int] = DEFAULT_TOP_HIDDEN,
 ) -> VAE:
     """A small DCGAN-style pair for (C, H, W) images: 4×4 stride-2 convolutions with
     ``channels`` feature maps and fully connected ``hidden`` layers in the encoder, the mirror
@@ -403,8 +506,11 @@ def conv(
     _check(latent_dim, (*hidden, *channels), data_shape)
     if not channels:
         raise ConfigError("the conv net needs at least one convolution (channels)")
-    q_head = posterior_head(posterior, latent_dim, flow_steps, flow_hidden)
-    p_head = likelihood_head(likelihood, data_shape, likelihood_std, squash_mean)
+    top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim)
+    q_head = _posterior_of(top, posterior, latent_dim, flow_steps, flow_hidden)
+    p_head = likelihood_head(
+        likelihood, data_shape, likelihood_std, squash_mean, likelihood_components
+    )
     (out_features,) = q_head.parameter_shape
     try:
         encoder_network = ConvEncoderNetwork(data_shape, channels, hidden, out_features, activation)
@@ -423,4 +529,5 @@ def conv(
         init,
         prior,
         prior_components,
+        top,
     )

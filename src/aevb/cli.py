@@ -532,7 +532,7 @@ def _table(values: dict) -> str:
         ("reconstruction E_q log p(x|z)", f"{values['reconstruction']:.3f} nats"),
         ("KL(q(z|x) ‖ p(z))", f"{values['kl']:.3f} nats"),
         ("bits per dimension", f"{values['bits_per_dim']:.4f}"),
-        ("active units", f"{values['active_units']} of {values['latent_dim']}"),
+        ("active units", _active_units(values)),
         ("examples", f"{values['num_examples']} ({values['split']} split)"),
         ("seconds", f"{values['seconds']:.1f}"),
     ]
@@ -581,6 +581,15 @@ def _reproduce(args: argparse.Namespace) -> int:
     for summary in sorted(out.glob(f"{args.figure}*.md")):
         print(summary.read_text())
     return 0
+
+
+def _active_units(values: dict) -> str:
+    """'12 of 20', with each stochastic layer's count where there are several."""
+    shown = f"{values['active_units']} of {values['latent_dim']}"
+    if values.get("active_units_per_layer"):
+        layers = ", ".join(map(str, values["active_units_per_layer"]))
+        shown += f" (by layer: {layers})"
+    return shown
 
 
 def _contrast(args: argparse.Namespace) -> int:

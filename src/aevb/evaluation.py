@@ -30,7 +30,11 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from aevb.distributions import full_covariance_gaussian, support_is_binary
+from aevb.distributions import (
+    full_covariance_gaussian,
+    support_is_binary,
+    support_is_eight_bit,
+)
 from aevb.errors import DataError
 from aevb.hmc import HMC, log_joint
 from aevb.kl import KLRule
@@ -62,6 +66,8 @@ def fixed_randomness(seed: int, device: torch.device):
 @dataclass
 class Evaluation:
     """Per-example means over a data split, in nats (``bits_per_dim``: bits per dimension).
+    ``active_units_per_layer``: for a posterior over several stochastic layers, the active
+    units of each (``None`` otherwise).
 
     ``log_likelihood_se`` is the Monte Carlo standard error of the mean log p̂(x) (delta
     method per example, combined over examples): the spread to expect across seeds. ``kl`` is
@@ -81,6 +87,7 @@ class Evaluation:
     kl_estimator: str
     bits_per_dim: float
     active_units: int
+    active_units_per_layer: list[int] | None
     latent_dim: int
     data_dim: int
     num_examples: int
@@ -147,6 +154,12 @@ def check_data(model: VAE, x: Tensor) -> None:
                 "other values: their log-probability is not a log-likelihood. Binarize x as the "
                 "model's run does (aevb.load_run(RUN).prepare(x)), or pass binary data"
             )
+        if support_is_eight_bit(likelihood) and not bool(likelihood.support.check(x).all()):
+            raise DataError(
+                "the model's likelihood is a distribution over the 8-bit levels k/255 in "
+                "[0, 1], but x holds other values: pass the images as loaded (k/255), not "
+                "binarized, standardised or rescaled"
+            )
 
 
 @torch.no_grad()
@@ -184,7 +197,10 @@ def evaluate(
     data_dim = x[0].numel()
     k = int(importance_samples)
     m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
-    batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements)
+    width = likelihood_width(model)
+    if batch_size is not None:
+        batch_size = max(1, batch_size // width)
+    batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements, width)
     dtype = torch.float64 if float64 else torch.float32
     was_training = model.training
     model.eval()
@@ -208,6 +224,10 @@ def evaluate(
                 kl_dims.append(kl_dim.double().sum(0))
     model.train(was_training)
     assert rule is not None
+    means = torch.cat(posterior_means)
+    layers = None
+    if hasattr(posterior, "layer_sizes"):  # stochastic layers (aevb.hierarchy): each counted
+        layers = [count_active_units(part) for part in means.split(posterior.layer_sizes, -1)]
     log_likelihood, variance_sum, iwae, elbo_a, reconstruction, kl = (totals / n).tolist()
     log_likelihood_se = math.sqrt(variance_sum * n) / n
     kl_per_dim = (torch.stack(kl_dims).sum(0) / n).tolist() if kl_dims else None
@@ -223,7 +243,8 @@ def evaluate(
         kl_per_dim=kl_per_dim,
         kl_estimator=rule.description,
         bits_per_dim=_bits_per_dim(log_likelihood, data_dim),
-        active_units=count_active_units(torch.cat(posterior_means)),
+        active_units=count_active_units(means),
+        active_units_per_layer=layers,
         latent_dim=model.latent_dim,
         data_dim=data_dim,
         num_examples=n,
@@ -240,12 +261,20 @@ def _check_counts(**counts: object) -> None:
             raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {value!r}")
 
 
+def likelihood_width(model: VAE) -> int:
+    """Values the model's likelihood holds per data value (its head's ``width``; 1 for a
+    decoder without a head that says)."""
+    width = getattr(getattr(model.decoder, "head", None), "width", 1)
+    return width if isinstance(width, int) and width > 0 else 1
+
+
 def _chunk_sizes(
-    x: Tensor, k: int, batch_size: int | None, chunk_elements: int | None
+    x: Tensor, k: int, batch_size: int | None, chunk_elements: int | None, width: int = 1
 ) -> tuple[int, int]:
-    """Datapoints per batch and samples per chunk, so that one chunk's likelihood tensor has
-    about ``chunk_elements`` values (default by device: :data:`CHUNK_ELEMENTS`)."""
-    n, data_dim = len(x), max(1, x[0].numel() if len(x) else 1)
+    """Datapoints per batch and samples per chunk, so that one chunk's likelihood tensors hold
+    about ``chunk_elements`` values (default by device: :data:`CHUNK_ELEMENTS`), ``width`` per
+    data value."""
+    n, data_dim = len(x), max(1, x[0].numel() * width if len(x) else 1)
     if chunk_elements is None:
         chunk_elements = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cuda"])
     if batch_size is None:
@@ -291,7 +320,7 @@ def log_likelihood_per_example(
 def _per_example(model: VAE, x: Tensor, noise: Tensor) -> Tensor:
     """log p̂(x) of each row of x with the k latent draws ``noise`` (k, latent_dim): (N,)."""
     k = len(noise)
-    batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None)
+    batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None, likelihood_width(model))
     values = []
     prior = model.prior()
     rule = KLRule(analytic=False, per_dimension=False)  # the KL row is not used here

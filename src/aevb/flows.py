@@ -21,22 +21,18 @@ module and only its output width changes:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, constraints
+from torch.distributions import Independent
 
-from aevb.distributions import diagonal_gaussian
+from aevb.distributions import SampledPosterior, diagonal_gaussian
 from aevb.heads import LOG_VARIANCE_RANGE, Head
 
 __all__ = ["FLOW_POSTERIORS", "FlowPosterior", "IAFPosterior", "PlanarPosterior"]
 
 FLOW_POSTERIORS = ("iaf", "planar")
-# Draws behind a flow posterior's mean and standard deviation (Monte Carlo: a flow's moments
-# have no closed form); the mean's error is then about σ/8.
-MOMENT_SAMPLES = 64
 # Least slope of a planar flow along w (1 + wᵀû ≥ this): keeps it invertible, and its
 # log-determinant finite, whatever the encoder outputs.
 PLANAR_MIN_SLOPE = 1e-4
@@ -45,7 +41,7 @@ PLANAR_MIN_SLOPE = 1e-4
 BISECTION_STEPS = 60
 
 
-class FlowPosterior(Distribution):
+class FlowPosterior(SampledPosterior):
     """q(z|x) as a base diagonal Gaussian and a stack of invertible maps (batch shape (B,),
     event shape (D,)).
 
@@ -53,15 +49,10 @@ class FlowPosterior(Distribution):
     acting on (..., B, D) with per-example parameters broadcast over the leading dimensions.
     """
 
-    arg_constraints: ClassVar[dict] = {}
-    support = constraints.real_vector
-    has_rsample = True
-
     def __init__(self, base: Independent, steps: Sequence[_Step]):
         self.base = base
         self.steps = tuple(steps)
-        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
-        self._moments: tuple[Tensor, Tensor] | None = None
+        super().__init__(base.batch_shape, base.event_shape[0], base.mean)
 
     def push(self, z0: Tensor) -> tuple[Tensor, Tensor]:
         """z = f_K ∘ … ∘ f_1(z₀) and log q(z|x), for base draws z₀: (..., B, D)."""
@@ -72,16 +63,9 @@ class FlowPosterior(Distribution):
             log_q = log_q - log_det
         return z, log_q
 
-    def rsample_and_log_prob(self, sample_shape: torch.Size | Sequence[int] = ()) -> tuple:
-        """Reparameterised draws z (*sample_shape, B, D) and their log q(z|x) (*sample_shape, B)."""
-        return self.push(self.base.rsample(torch.Size(sample_shape)))
-
     def push_noise(self, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """z and log q(z|x) from standard-normal ε (k, 1, D), shared by every row: z₀ = μ + σ ε."""
+        """z and log q(z|x) from standard-normal ε: z₀ = μ + σ ε, then the maps."""
         return self.push(self.base.mean + self.base.stddev * noise)
-
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
-        return self.rsample_and_log_prob(sample_shape)[0]
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log q(z|x) of any z (..., B, D), by inverting the maps (slower than the density of
@@ -94,34 +78,6 @@ class FlowPosterior(Distribution):
             log_det = log_det + step_log_det
             z = previous
         return self.base.log_prob(z) - log_det
-
-    def _moments_of_draws(self) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation of :data:`MOMENT_SAMPLES` draws made with their own
-        seeded generator: the same for the same x, and the global random stream untouched."""
-        if self._moments is None:
-            loc = self.base.mean
-            generator = torch.Generator(loc.device).manual_seed(0)
-            shape = (MOMENT_SAMPLES, *loc.shape)
-            noise = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
-            with torch.no_grad():
-                z, _ = self.push(loc + self.base.stddev * noise)
-            self._moments = (z.mean(0), z.std(0))
-        return self._moments
-
-    @property
-    def mean(self) -> Tensor:
-        """E_q[z], estimated from :data:`MOMENT_SAMPLES` draws (a flow's has no closed form),
-        the same ones for every call."""
-        return self._moments_of_draws()[0]
-
-    @property
-    def stddev(self) -> Tensor:
-        """Standard deviation of each z_j, estimated from the same draws as :attr:`mean`."""
-        return self._moments_of_draws()[1]
-
-    @property
-    def variance(self) -> Tensor:
-        return self.stddev.square()
 
 
 class _Step:

@@ -19,13 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aevb.distributions import bernoulli, diagonal_gaussian, full_covariance_gaussian, gaussian
+from aevb.distributions import (
+    LEVELS,
+    bernoulli,
+    diagonal_gaussian,
+    discretized_logistic_mixture,
+    eight_bit_categorical,
+    full_covariance_gaussian,
+    gaussian,
+)
 
 __all__ = [
     "LOG_VARIANCE_RANGE",
     "MIN_LIKELIHOOD_SCALE",
     "Bernoulli",
     "DiagonalGaussian",
+    "DiscretizedLogisticMixture",
+    "EightBitCategorical",
     "FullCovarianceGaussian",
     "Gaussian",
     "Head",
@@ -40,14 +50,23 @@ LOG_VARIANCE_RANGE = (-30.0, 30.0)
 # density of a pixel that is always reconstructed exactly grows without bound (σ → 0) and
 # training diverges; 1e-3 is a quarter of one grey level on a [0, 1] scale.
 MIN_LIKELIHOOD_SCALE = 1e-3
+# Range of a discretised logistic's log-scale on the [0, 1] scale: from a twentieth of a level
+# (the level's mass is then ≈ 1) to e³, far wider than the data.
+LOGISTIC_LOG_SCALE_RANGE = (-8.5, 3.0)
 # Smallest diagonal entry of a full-covariance posterior's Cholesky factor.
 MIN_CHOLESKY_DIAGONAL = 1e-5
 
 
 class Head(nn.Module):
-    """Base of the heads: ``parameter_shape`` is the network output each example needs."""
+    """Base of the heads: ``parameter_shape`` is the network output each example needs.
+
+    ``width``: float values a likelihood head's distribution holds per data value while its
+    density is computed (1 unless a head says more: 512 for the 256-way categorical's logits
+    and their log-softmax), by which evaluation divides its batches to stay within memory.
+    """
 
     parameter_shape: tuple[int, ...]
+    width: int = 1
 
     def forward(self, parameters: Tensor) -> Distribution:
         raise NotImplementedError
@@ -145,3 +164,62 @@ class LearnedGaussian(Head):
             loc = torch.sigmoid(loc)
         scale = F.softplus(raw_scale) + MIN_LIKELIHOOD_SCALE
         return gaussian(loc, scale, len(self.event_shape))
+
+
+def _split_first_axis(parameters: Tensor, event_shape: tuple[int, ...], parts: int) -> Tensor:
+    """(..., parts·C, *rest) → (..., C, *rest, parts): the stacked parameters of each value
+    moved to a last axis."""
+    event_dims = len(event_shape)
+    split = parameters.unflatten(-event_dims, (parts, event_shape[0]))
+    return split.movedim(-event_dims - 1, -1)
+
+
+class DiscretizedLogisticMixture(Head):
+    """p(x|z) for 8-bit data (values k/255): per value, a mixture of ``components`` logistics
+    discretised to the 256 levels (Salimans et al. 2017), each value's mixture independent of
+    the others (PixelCNN++'s coupling of colour channels is left out). The network outputs
+    (..., 3K·C, *rest): mixture logits, locations (offset by ½, so that outputs near 0 start
+    mid-grey) and log-scales, each K·C channels."""
+
+    def __init__(self, event_shape: Sequence[int], components: int = 5):
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"the mixture needs at least one component, got {components}")
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.components = int(components)
+        first, *rest = self.event_shape
+        self.parameter_shape = (3 * self.components * first, *rest)
+        # Per component: the three parameters and about nine intermediates of log_prob.
+        self.width = 12 * self.components
+
+    def forward(self, parameters: Tensor) -> Distribution:
+        k = self.components
+        values = _split_first_axis(parameters, self.event_shape, 3 * k)
+        logits, loc, log_scale = values.split(k, dim=-1)
+        log_scale = log_scale.clamp(*LOGISTIC_LOG_SCALE_RANGE)
+        return discretized_logistic_mixture(logits, loc + 0.5, log_scale, len(self.event_shape))
+
+
+class EightBitCategorical(Head):
+    """p(x|z) for 8-bit data: a 256-way categorical per value. The network outputs
+    (..., F·C, *rest), ``features`` F per value, which one linear map shared by all values
+    turns into 256 logits, plus a learned bias per value and level (a 1×1 convolution, as in
+    PixelCNN's output layer): a decoder with 256 outputs per pixel would need a 500 × 200,704
+    last layer on MNIST."""
+
+    def __init__(self, event_shape: Sequence[int], features: int = 8):
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"the categorical head needs at least one feature, got {features}")
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.features = int(features)
+        first, *rest = self.event_shape
+        self.parameter_shape = (self.features * first, *rest)
+        self.width = 2 * LEVELS  # the logits and their log-softmax
+        self.to_logits = nn.Linear(self.features, LEVELS, bias=False)
+        self.bias = nn.Parameter(torch.zeros(*self.event_shape, LEVELS))
+
+    def forward(self, parameters: Tensor) -> Distribution:
+        features = _split_first_axis(parameters, self.event_shape, self.features)
+        logits = self.to_logits(features) + self.bias
+        return eight_bit_categorical(logits, len(self.event_shape))

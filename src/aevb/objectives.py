@@ -39,9 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from aevb.distributions import is_factorised
+from aevb.distributions import SampledPosterior, is_factorised
 from aevb.errors import ConfigError
-from aevb.flows import FlowPosterior
 from aevb.kl import KLRule
 from aevb.models import VAE
 
@@ -125,9 +124,9 @@ def latent_samples(
     prior = model.prior() if prior is None else prior
     shape = (num_samples,)
     log_posterior = None
-    if isinstance(posterior, FlowPosterior):
-        # A flow gives the density of its own draws in the same pass; any other z would
-        # need its maps inverted.
+    if isinstance(posterior, SampledPosterior):
+        # A flow or a hierarchy gives the density of its own draws in the same pass (a flow
+        # would need its maps inverted for any other z).
         if noise is not None:
             z, log_posterior = posterior.push_noise(noise.unsqueeze(1))
         elif reparameterised:
@@ -489,11 +488,12 @@ class Autoencoder(Objective):
     def metrics(self, model: VAE, x: Tensor) -> dict[str, float]:
         """The reconstruction log-likelihood at the code, log p(x | z = E_q[z|x]), and the
         number of active units (nats per example)."""
-        from aevb.evaluation import count_active_units
+        from aevb.evaluation import count_active_units, likelihood_width
 
         total, codes = 0.0, []
-        for start in range(0, len(x), METRICS_BATCH):
-            batch = x[start : start + METRICS_BATCH]
+        rows = max(1, METRICS_BATCH // likelihood_width(model))
+        for start in range(0, len(x), rows):
+            batch = x[start : start + rows]
             code = model.posterior(batch).mean
             total += float(model.likelihood(code).log_prob(batch).double().sum())
             codes.append(code)

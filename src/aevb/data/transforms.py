@@ -208,6 +208,14 @@ def _finite_list(values: Any) -> bool:
     )
 
 
+def on_eight_bit_grid(values: np.ndarray) -> bool:
+    """Whether every value is an 8-bit level k/255 in [0, 1] (to float32 round-off)."""
+    if values.size == 0 or values.min() < 0 or values.max() > 1:
+        return False
+    levels = values * 255.0
+    return bool(np.all(np.abs(levels - np.round(levels)) < 1e-3))
+
+
 def choose_transforms(
     train: np.ndarray,
     name: str,
@@ -216,9 +224,13 @@ def choose_transforms(
     binary_likelihood: bool,
     binarize: str | None,
     standardize: bool | None,
+    *,
+    eight_bit_likelihood: bool = False,
 ) -> tuple[Transforms, str, bool]:
     """The transforms for training data ``train`` (of dataset ``name``) under a likelihood that
-    is (``binary_likelihood``) or is not a distribution over {0, 1}.
+    is (``binary_likelihood``) or is not a distribution over {0, 1}, or is one over the 8-bit
+    levels k/255 (``eight_bit_likelihood``: the data are taken as they are, and must be such
+    levels).
 
     Defaults: a binary likelihood binarizes grey data dynamically (binary data pass through
     a static draw unchanged); a real-valued likelihood standardises tables (not images) and
@@ -226,6 +238,19 @@ def choose_transforms(
     the transforms and the resolved ``binarize`` and ``standardize`` settings; impossible
     combinations raise :class:`~aevb.errors.DataError` or :class:`~aevb.errors.ConfigError`.
     """
+    if eight_bit_likelihood:
+        if binarize not in (None, "none") or standardize:
+            raise ConfigError(
+                "an 8-bit likelihood models the levels k/255 themselves: --binarize and "
+                "--standardize do not apply"
+            )
+        if not on_eight_bit_grid(train):
+            raise DataError(
+                f"an 8-bit likelihood is a distribution over the 256 levels k/255 in [0, 1], "
+                f"but {name} holds other values (8×8 digits, for one, have 17 levels); use it "
+                "on 8-bit images (mnist, fashion-mnist, frey) or a Gaussian likelihood"
+            )
+        return Transforms([]), "none", False
     low, high = float(train.min()), float(train.max())
     in_unit_interval = low >= 0.0 and high <= 1.0
     if binarize is None:

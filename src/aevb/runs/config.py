@@ -16,6 +16,7 @@ from typing import Any
 from aevb.builders import (
     ARCHITECTURES,
     DEFAULT_COMPONENTS,
+    DEFAULT_LIKELIHOOD_COMPONENTS,
     LIKELIHOODS,
     POSTERIORS,
     ModelSpec,
@@ -26,7 +27,8 @@ from aevb.data.datasets import DATASETS, Dataset
 from aevb.data.transforms import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
-from aevb.flows import FLOW_POSTERIORS
+from aevb.flows import FLOW_POSTERIORS, default_flow_hidden, default_flow_steps
+from aevb.hierarchy import DEFAULT_TOP_HIDDEN
 from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.networks import ACTIVATIONS, INITIALISATIONS
 from aevb.objectives import OBJECTIVES, ScoreFunction, objective_class
@@ -146,6 +148,17 @@ class TrainConfig:
     init: str = setting(
         "default", "'paper' draws every weight from N(0, 0.01²)", "model", choices=INITIALISATIONS
     )
+    top_latent_dim: int | None = setting(
+        None,
+        "a second stochastic layer z₂ of this many units above z₁ (--latent-dim), as in Burda "
+        "et al.'s two-layer models",
+        "model",
+        default_text="none",
+        minimum=1,
+    )
+    top_hidden: tuple[int, ...] = setting(
+        DEFAULT_TOP_HIDDEN, "hidden layers between z₁ and z₂, both ways", "model", minimum=1
+    )
     posterior: str = setting(
         "diagonal",
         "q(z|x): a diagonal or full-covariance Gaussian, or a diagonal Gaussian through "
@@ -169,10 +182,18 @@ class TrainConfig:
     )
     likelihood: str | None = setting(
         None,
-        "p(x|z): bernoulli, gaussian (fixed σ = --likelihood-std) or gaussian-learned",
+        "p(x|z): bernoulli, gaussian (fixed σ = --likelihood-std), gaussian-learned, or for "
+        "8-bit images (levels k/255, not binarized) logistic-mixture or categorical (256-way)",
         "model",
         choices=LIKELIHOODS,
         default_text="chosen from the data",
+    )
+    likelihood_components: int | None = setting(
+        None,
+        "logistic components per value of the logistic-mixture likelihood",
+        "model",
+        default_text=str(DEFAULT_LIKELIHOOD_COMPONENTS),
+        minimum=1,
     )
     likelihood_std: float = setting(
         0.1, "σ of the fixed Gaussian likelihood (c = σ²)", "model", minimum=0.0
@@ -292,10 +313,9 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.hidden, list):
-            self.hidden = tuple(self.hidden)
-        if isinstance(self.channels, list):
-            self.channels = tuple(self.channels)
+        for name in ("hidden", "channels", "top_hidden"):  # lists after a JSON round trip
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
         self.check()
 
     # ----------------------------------------------------------------------------- checks
@@ -368,6 +388,25 @@ class TrainConfig:
                 "which a flow gives at other points only by inverting its maps for each of "
                 "them; use --posterior diagonal with --prior vamp"
             )
+        if self.top_latent_dim is None and self.top_hidden != DEFAULT_TOP_HIDDEN:
+            problems.append("--top-hidden applies with --top-latent-dim")
+        if self.top_latent_dim is not None:
+            if self.posterior != "diagonal":
+                problems.append(
+                    "a second stochastic layer has its own posterior q(z₁|x) q(z₂|z₁); it "
+                    f"does not take --posterior {self.posterior}"
+                )
+            if self.prior != "standard":
+                problems.append(
+                    "a second stochastic layer has its own prior p(z₁|z₂) N(z₂; 0, I); it does "
+                    f"not take --prior {self.prior}"
+                )
+            if self.free_bits:
+                problems.append(
+                    "free bits need a KL that splits per dimension; two layers' does not"
+                )
+            if self.objective in ("wake-sleep", "mcem", "autoencoder"):
+                problems.append(f"the {self.objective} objective does not take a second layer")
         if flow and self.objective == "autoencoder":
             problems.append(
                 "the autoencoder's code is the posterior mean, which a flow posterior has "
@@ -387,6 +426,8 @@ class TrainConfig:
             self.likelihood_std != defaults["likelihood_std"].default
         ):
             problems.append("--likelihood-std applies to --likelihood gaussian only")
+        if self.likelihood_components is not None and self.likelihood != "logistic-mixture":
+            problems.append("--likelihood-components applies to --likelihood logistic-mixture")
         if self.squash_mean and self.likelihood not in (None, "gaussian-learned"):
             problems.append("--squash-mean applies to --likelihood gaussian-learned only")
         return problems
@@ -408,7 +449,8 @@ class TrainConfig:
     # ----------------------------------------------------------------------------- resolution
     def resolved_for(self, dataset: Dataset) -> TrainConfig:
         """This config with the model settings left to the data decided (likelihood, mean
-        squashing, activation, prior components); refuses a conv net for non-images."""
+        squashing, activation, prior and likelihood components, flow sizes); refuses a conv net
+        for non-images."""
         if self.architecture == "conv" and not dataset.is_image:
             raise ConfigError(
                 f"--architecture conv needs images (C, H, W); {dataset.name} has rows of shape "
@@ -421,12 +463,23 @@ class TrainConfig:
         components = self.prior_components
         if components is None and self.prior != "standard":
             components = DEFAULT_COMPONENTS[self.prior]
+        likelihood_components = self.likelihood_components
+        if likelihood_components is None and likelihood == "logistic-mixture":
+            likelihood_components = DEFAULT_LIKELIHOOD_COMPONENTS
+        flow_steps, flow_hidden = self.flow_steps, self.flow_hidden
+        if self.posterior in FLOW_POSTERIORS:
+            flow_steps = flow_steps or default_flow_steps(self.posterior)
+            if self.posterior == "iaf":
+                flow_hidden = flow_hidden or default_flow_hidden(self.latent_dim)
         return dataclasses.replace(
             self,
             likelihood=likelihood,
+            likelihood_components=likelihood_components,
             squash_mean=squash_mean,
             activation=self.activation or DEFAULT_ACTIVATION[self.architecture],
             prior_components=components,
+            flow_steps=flow_steps,
+            flow_hidden=flow_hidden,
         )
 
     def model_spec(self, data_shape: tuple[int, ...]) -> ModelSpec:
@@ -444,6 +497,11 @@ class TrainConfig:
             "prior": self.prior,
             "prior_components": self.prior_components,
         }
+        if self.top_latent_dim is not None:
+            arguments["top_latent_dim"] = self.top_latent_dim
+            arguments["top_hidden"] = list(self.top_hidden)
+        if self.likelihood == "logistic-mixture":
+            arguments["likelihood_components"] = self.likelihood_components
         if self.posterior in FLOW_POSTERIORS:
             arguments["flow_steps"] = self.flow_steps
             arguments["flow_hidden"] = self.flow_hidden

@@ -50,7 +50,7 @@ from aevb.data.loaders import TensorLoader
 from aevb.data.transforms import Transforms, choose_transforms
 from aevb.devices import resolve_device
 from aevb.diagnostics import warn_if_collapsed
-from aevb.distributions import support_is_binary
+from aevb.distributions import support_is_binary, support_is_eight_bit
 from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
 from aevb.evaluation import Evaluation, evaluate, log_likelihood_per_example
 from aevb.limits import TRAINING_COPIES
@@ -278,14 +278,16 @@ def start_run(
         model = config.model_spec(dataset.event_shape)
     device = resolve_device(config.device)
     network = _build(model, config, device, len(dataset.train))
+    binary_likelihood, eight_bit_likelihood = _likelihood_values(network, dataset)
     transforms, binarize, standardize = choose_transforms(
         dataset.train,
         dataset.name,
         dataset.binary,
         dataset.is_image,
-        _likelihood_is_binary(network, dataset),
+        binary_likelihood,
         config.binarize,
         config.standardize,
+        eight_bit_likelihood=eight_bit_likelihood,
     )
     config = dataclasses.replace(config, binarize=binarize, standardize=standardize)
     data = {
@@ -383,15 +385,17 @@ def _build(spec: ModelSpec, config: TrainConfig, device: torch.device, train_row
     return spec.build(copies=TRAINING_COPIES, rows=rows).to(device)
 
 
-def _likelihood_is_binary(model: VAE, dataset: Dataset) -> bool:
-    """Whether the model's likelihood is a distribution over {0, 1} (read from its support)."""
+def _likelihood_values(model: VAE, dataset: Dataset) -> tuple[bool, bool]:
+    """Whether the model's likelihood is a distribution over {0, 1}, and whether over the
+    8-bit levels k/255 (read from its support)."""
     like = torch.zeros(1, *dataset.event_shape, device=next(model.parameters()).device)
     with torch.no_grad():
         try:
             likelihood = model.likelihood(like.new_zeros(1, model.latent_dim))
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             raise ConfigError(f"the model's decoder failed on a latent vector: {error}") from error
-    return support_is_binary(likelihood, like)
+    eight_bit = support_is_eight_bit(likelihood)
+    return (not eight_bit and support_is_binary(likelihood, like)), eight_bit
 
 
 class RunSession:
