@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from aevb.builders import mlp
 from aevb.cli import main
 from aevb.errors import ConfigError
-from aevb.evaluation import evaluate
+from aevb.distributions import MOMENT_SAMPLES
+from aevb.evaluation import count_active_units, evaluate
 from aevb.flows import PLANAR_MIN_SLOPE, FlowPosterior, IAFPosterior, PlanarPosterior
-from aevb.objectives import SGVBB
+from aevb.objectives import SGVBB, ScoreFunction, WakeSleep
 from aevb.runs import TrainConfig, load_run, train
 
 QUICK = ["--latent-dim", "4", "--hidden", "32", "--batch-size", "64", "--no-progress"]
@@ -209,3 +210,39 @@ def test_a_flow_posteriors_mean_is_repeatable_and_leaves_the_random_stream_alone
     first = estimator.transform(X[:10])
     assert torch.equal(torch.random.get_rng_state(), state)
     np.testing.assert_array_equal(first, estimator.transform(X[:10]))
+
+
+@pytest.mark.parametrize("kind", ["planar", "iaf"])
+@pytest.mark.parametrize("objective", [ScoreFunction(2, baseline="mean"), WakeSleep()])
+def test_objectives_that_need_the_density_of_other_points_train_flows(kind, objective):
+    """The score function (log q at draws held fixed) and wake-sleep (log q at dreams) need
+    log q(z|x) away from the posterior's own draws, i.e. through the inverse: the encoder's
+    gradient is finite and reaches the flow's parameters (the planar inverse gets its
+    gradient from the implicit-function step)."""
+    torch.manual_seed(5)
+    model = mlp((64,), latent_dim=3, hidden=(16,), posterior=kind, flow_steps=2)
+    x = (torch.rand(20, 64) > 0.5).float()
+    objective(model, x).loss.backward()
+    gradients = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in gradients)
+    assert sum(float(g.abs().sum()) for g in gradients) > 0
+    # IAF's MADEs are the head's own parameters; planar flows' (u, w, b) are the network's
+    # outputs after μ and log σ², made by the last layer's rows from 2·latent_dim on.
+    if kind == "iaf":
+        flow_gradients = [p.grad for p in model.encoder.head.parameters()]
+    else:
+        flow_gradients = [model.encoder.network.layers[-1].weight.grad[6:]]
+    assert all(float(g.abs().sum()) > 0 for g in flow_gradients)
+
+
+def test_active_units_discount_the_noise_of_monte_carlo_means():
+    """A flow posterior's mean is a 64-draw estimate: a collapsed unit (σ = 1 for every x)
+    shows a spread of about 1/64 > 0.01 across x and would count as active. With the estimate's
+    own variance taken off, only the unit whose mean varies is counted."""
+    head = PlanarPosterior(4, 1)
+    parameters = torch.zeros(500, *head.parameter_shape)
+    parameters[:, 0] = torch.linspace(-2, 2, 500)  # unit 0 moves with x; log σ² = 0, u = w = 0
+    posterior = head(parameters)
+    assert count_active_units(posterior.mean) > 1
+    noise = posterior.variance / MOMENT_SAMPLES
+    assert count_active_units(posterior.mean, mean_error_variance=noise) == 1

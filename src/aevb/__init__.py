@@ -3,7 +3,8 @@
 The layers, from the maths up:
 
 * the core — :mod:`aevb.distributions`, :mod:`aevb.kl` (the one KL path), :mod:`aevb.heads`
-  (network outputs → distributions), :mod:`aevb.networks`, :mod:`aevb.priors`,
+  (network outputs → distributions), :mod:`aevb.flows` (flow posteriors),
+  :mod:`aevb.hierarchy` (two stochastic layers), :mod:`aevb.networks`, :mod:`aevb.priors`,
   :mod:`aevb.models` (``VAE(encoder, decoder, prior)``), :mod:`aevb.builders` (model
   factories: the paper's MLP, a conv net, your own), :mod:`aevb.objectives` (SGVB, IWAE, …),
   :mod:`aevb.mcem` and :mod:`aevb.hmc`, :mod:`aevb.evaluation`, :mod:`aevb.diagnostics`;

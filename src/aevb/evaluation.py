@@ -31,6 +31,8 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from aevb.distributions import (
+    MOMENT_SAMPLES,
+    SampledPosterior,
     full_covariance_gaussian,
     support_is_binary,
     support_is_eight_bit,
@@ -206,7 +208,7 @@ def evaluate(
     model.eval()
     started = time.perf_counter()
     totals = torch.zeros(6, dtype=torch.float64, device=x.device)
-    posterior_means, kl_dims = [], []
+    posterior_means, mean_errors, kl_dims = [], [], []
     rule = None
     bar = tqdm(total=n * k, disable=not progress, unit="sample", unit_scale=True, desc="evaluate")
     with fixed_randomness(seed, x.device), bar:
@@ -220,14 +222,25 @@ def evaluate(
             )
             totals += stats.sum(1).double()
             posterior_means.append(posterior.mean)
+            if isinstance(posterior, SampledPosterior):
+                mean_errors.append(posterior.variance / MOMENT_SAMPLES)
             if kl_dim is not None:
                 kl_dims.append(kl_dim.double().sum(0))
     model.train(was_training)
     assert rule is not None
     means = torch.cat(posterior_means)
+    errors = torch.cat(mean_errors) if mean_errors else None
     layers = None
     if hasattr(posterior, "layer_sizes"):  # stochastic layers (aevb.hierarchy): each counted
-        layers = [count_active_units(part) for part in means.split(posterior.layer_sizes, -1)]
+        sizes = posterior.layer_sizes
+        layers = [
+            count_active_units(part, mean_error_variance=None if errors is None else error)
+            for part, error in zip(
+                means.split(sizes, -1),
+                errors.split(sizes, -1) if errors is not None else [None] * len(sizes),
+                strict=True,
+            )
+        ]
     log_likelihood, variance_sum, iwae, elbo_a, reconstruction, kl = (totals / n).tolist()
     log_likelihood_se = math.sqrt(variance_sum * n) / n
     kl_per_dim = (torch.stack(kl_dims).sum(0) / n).tolist() if kl_dims else None
@@ -243,7 +256,7 @@ def evaluate(
         kl_per_dim=kl_per_dim,
         kl_estimator=rule.description,
         bits_per_dim=_bits_per_dim(log_likelihood, data_dim),
-        active_units=count_active_units(means),
+        active_units=count_active_units(means, mean_error_variance=errors),
         active_units_per_layer=layers,
         latent_dim=model.latent_dim,
         data_dim=data_dim,
@@ -420,14 +433,23 @@ def _batch_statistics(
     return statistics, kl_dims
 
 
-def count_active_units(posterior_means: Tensor, threshold: float = 0.01) -> int:
+def count_active_units(
+    posterior_means: Tensor, threshold: float = 0.01, mean_error_variance: Tensor | None = None
+) -> int:
     """Latent units whose posterior mean varies over the data: Var_x(E_q[z_j]) > threshold.
 
-    posterior_means: (N, latent_dim). The criterion of Burda et al. (2015).
+    posterior_means: (N, latent_dim). The criterion of Burda et al. (2015). Where the means
+    are Monte Carlo estimates (:class:`~aevb.distributions.SampledPosterior`),
+    ``mean_error_variance`` (N, latent_dim), the variance of each estimate, is taken off:
+    Var_x(m̂) = Var_x(m) + E_x[Var(m̂ − m)], and a collapsed unit (σ ≈ 1, 64 draws) would
+    otherwise show a spread of 1/64 > 0.01 and count as active.
     """
     if len(posterior_means) < 2:
         return 0
-    return int((posterior_means.double().var(0) > threshold).sum())
+    spread = posterior_means.double().var(0)
+    if mean_error_variance is not None:
+        spread = spread - mean_error_variance.double().mean(0)
+    return int((spread > threshold).sum())
 
 
 def hmc_proposal(
