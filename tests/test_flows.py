@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from aevb.builders import mlp
 from aevb.cli import main
-from aevb.errors import ConfigError
 from aevb.distributions import MOMENT_SAMPLES
+from aevb.errors import ConfigError
 from aevb.evaluation import count_active_units, evaluate
 from aevb.flows import PLANAR_MIN_SLOPE, FlowPosterior, IAFPosterior, PlanarPosterior
 from aevb.objectives import SGVBB, ScoreFunction, WakeSleep
