@@ -26,6 +26,12 @@ import torch
 from torch import nn
 
 from aevb import heads
+from aevb.conditional import (
+    ConditionalDecoder,
+    ConditionalEncoder,
+    ConditionalVAE,
+    SemiSupervisedVAE,
+)
 from aevb.errors import ConfigError
 from aevb.flows import (
     FLOW_POSTERIORS,
@@ -339,20 +345,74 @@ def _assemble(
     prior: str,
     prior_components: int | None,
     top: TopLayer | None = None,
+    labels: Labels | None = None,
 ) -> VAE:
     """The VAE of these parts; with a ``top`` stochastic layer, the decoder network sees the
-    first ``latent_dim`` units of z = (z₁, z₂) and the prior is the two-layer one."""
+    first ``latent_dim`` units of z = (z₁, z₂) and the prior is the two-layer one; with
+    ``labels``, a conditional (or semi-supervised) VAE whose networks take the one-hot label
+    after their input."""
     if top is not None:
         decoder_network = nn.Sequential(FirstUnits(latent_dim), decoder_network)
-    encoder = Encoder(encoder_network, posterior, data_shape)
-    decoder = Decoder(decoder_network, likelihood, latent_dim + (top.latent_dim if top else 0))
+    if labels is None:
+        encoder = Encoder(encoder_network, posterior, data_shape)
+        decoder = Decoder(decoder_network, likelihood, latent_dim + (top.latent_dim if top else 0))
+    else:
+        encoder = ConditionalEncoder(encoder_network, posterior, data_shape, labels.num_classes)
+        decoder = ConditionalDecoder(decoder_network, likelihood, latent_dim, labels.num_classes)
     if top is None:
         prior_module = make_prior(prior, latent_dim, encoder, data_shape, prior_components)
     else:
         prior_module = TwoLayerPrior((latent_dim, top.latent_dim), top.hidden, top.activation)
-    for part in (encoder, decoder, prior_module):
+    parts: list[nn.Module] = [encoder, decoder, prior_module]
+    if labels is not None and labels.classifier is not None:
+        parts.append(labels.classifier)
+    for part in parts:
         initialise(part, init)
-    return VAE(encoder, decoder, prior_module)
+    if labels is None:
+        return VAE(encoder, decoder, prior_module)
+    if labels.classifier is None:
+        return ConditionalVAE(encoder, decoder, prior_module, labels.num_classes)
+    return SemiSupervisedVAE(encoder, decoder, prior_module, labels.classifier, labels.num_classes)
+
+
+@dataclass
+class Labels:
+    """How a model takes class labels: ``num_classes``, and for the semi-supervised M2 its
+    ``classifier`` network (x → logits)."""
+
+    num_classes: int
+    classifier: nn.Module | None = None
+
+
+def _labels(
+    num_classes: int | None,
+    semi_supervised: bool,
+    classifier_hidden: Sequence[int],
+    data_shape: tuple[int, ...],
+    activation: str,
+    posterior: str,
+    prior: str,
+    top_latent_dim: int | None,
+) -> Labels | None:
+    """The checked label settings of a factory call, if any."""
+    if num_classes is None:
+        if semi_supervised:
+            raise ConfigError("a semi-supervised model needs num_classes")
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer ≥ 2, got {num_classes!r}")
+    if prior == "vamp":
+        raise ConfigError(
+            "the VampPrior encodes pseudo-inputs, which have no labels; a conditional model "
+            "takes the standard or mixture prior"
+        )
+    if top_latent_dim is not None:
+        raise ConfigError("a conditional model has one stochastic layer (no top_latent_dim)")
+    classifier = None
+    if semi_supervised:
+        _check(num_classes, classifier_hidden, data_shape)
+        classifier = MLP(data_shape, tuple(classifier_hidden), (num_classes,), activation)
+    return Labels(int(num_classes), classifier)
 
 
 @dataclass(frozen=True)
@@ -439,6 +499,9 @@ def mlp(
     likelihood_components: int | None = None,
     top_latent_dim: int | None = None,
     top_hidden: Sequence[int] = DEFAULT_TOP_HIDDEN,
+    num_classes: int | None = None,
+    semi_supervised: bool = False,
+    classifier_hidden: Sequence[int] = (500,),
 ) -> VAE:
     """The paper's model: encoder and decoder MLPs with ``hidden`` layers (the decoder's in
     reverse order) and ``activation`` between them.
@@ -452,18 +515,37 @@ def mlp(
     draws every weight from N(0, 0.01²); ``prior``: ``"standard"``, ``"mixture"`` or ``"vamp"`` with
     ``prior_components`` components (10 and 500 when not given); ``top_latent_dim``: a
     second stochastic layer z₂ above z = z₁ (``latent_dim`` units), with ``top_hidden`` MLP
-    layers between them both ways (:mod:`aevb.hierarchy`).
+    layers between them both ways (:mod:`aevb.hierarchy`). ``num_classes``: a conditional VAE
+    (:mod:`aevb.conditional`) whose encoder and decoder also take a one-hot label;
+    ``semi_supervised``: M2, with a classifier q(y|x) of ``classifier_hidden`` layers.
     """
     data_shape, hidden = tuple(data_shape), tuple(hidden)
     _check(latent_dim, hidden, data_shape)
     top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim)
+    labels = _labels(
+        num_classes,
+        semi_supervised,
+        classifier_hidden,
+        data_shape,
+        activation,
+        posterior,
+        prior,
+        top_latent_dim,
+    )
+    condition = labels.num_classes if labels else 0
     q_head = _posterior_of(top, posterior, latent_dim, flow_steps, flow_hidden)
     p_head = likelihood_head(
         likelihood, data_shape, likelihood_std, squash_mean, likelihood_components
     )
+    data_dim = math.prod(data_shape)
     return _assemble(
-        MLP(data_shape, hidden, q_head.parameter_shape, activation),
-        MLP((latent_dim,), tuple(reversed(hidden)), p_head.parameter_shape, activation),
+        MLP(
+            (data_dim + condition,) if labels else data_shape,
+            hidden,
+            q_head.parameter_shape,
+            activation,
+        ),
+        MLP((latent_dim + condition,), tuple(reversed(hidden)), p_head.parameter_shape, activation),
         q_head,
         p_head,
         data_shape,
@@ -472,6 +554,7 @@ def mlp(
         prior,
         prior_components,
         top,
+        labels,
     )
 
 

@@ -72,6 +72,20 @@ def _seed(text: str) -> int:
     return value
 
 
+def _label(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a class index ≥ 0, got {text}")
+    return value
+
+
+def is_conditional(model: object) -> bool:
+    """Whether a run's model takes class labels (imported here: torch loads lazily)."""
+    from aevb.conditional import is_conditional as conditional
+
+    return conditional(model)
+
+
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per declared setting of :class:`aevb.runs.TrainConfig`, in its group, with
     its help and default from the declaration. Defaults are ``None`` here, so that ``--resume``
@@ -139,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=_path, default="samples.png", help="PNG file to write")
     sample.add_argument(
         "--draw", action="store_true", help="draw x ~ p(x|z) instead of showing the decoder mean"
+    )
+    sample.add_argument(
+        "--label",
+        type=_label,
+        help="class to draw, for a conditional model (default: the classes in turn, a column each)",
     )
     sample.add_argument("--seed", type=_seed, default=0)
     sample.add_argument("--device", default="cpu")
@@ -400,8 +419,13 @@ def _sample(args: argparse.Namespace) -> int:
     run = _open_image_run(args, "sample")
     torch.manual_seed(args.seed)
     make_folder(Path(args.out).parent)
-    save_image_grid(run.sample(args.num, mean=not args.draw), args.out)
-    print(f"wrote {args.num} samples to {args.out}")
+    samples = run.sample(args.num, mean=not args.draw, label=args.label)
+    columns = None
+    if is_conditional(run.model) and args.label is None:
+        columns = run.model.num_classes  # a column per class
+    save_image_grid(samples, args.out, ncols=columns)
+    drawn = f" of class {args.label}" if args.label is not None else ""
+    print(f"wrote {args.num} samples{drawn} to {args.out}")
     return 0
 
 
@@ -413,7 +437,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
     x = run.split(args.split, args.num)
     make_folder(Path(args.out).parent)
     shown = run.transforms.inverse(run.prepare(x))  # the images as the model saw them
-    save_reconstructions(shown, run.reconstruct(x), args.out)
+    labels = run.labels(args.split, args.num) if is_conditional(run.model) else None
+    save_reconstructions(shown, run.reconstruct(x, labels), args.out)
     print(f"wrote {len(x)} reconstructions to {args.out}")
     return 0
 
@@ -423,8 +448,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from aevb.runs import load_run
 
     run = load_run(args.run_dir, which=args.which, device=args.device)
+    x, labels = run.split(args.split, args.num_examples), None
+    if is_conditional(run.model):
+        labels = run.labels(args.split, args.num_examples)
     result = run.evaluate(
-        run.split(args.split, args.num_examples),
+        x,
+        labels=labels,
         importance_samples=args.importance_samples,
         iwae_samples=args.iwae_samples,
         batch_size=args.batch_size,
@@ -438,12 +467,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         "checkpoint": args.which,
         **result.to_dict(),
     }
+    if labels is not None:
+        values["given_labels"] = True  # log p(x|y) and its bounds
+        if hasattr(run.model, "classify"):
+            values["classification_error"] = run.classification_error(x, labels)
     if args.json:
         print(json.dumps(values))
     else:
         print(_table(values))
     warn_if_collapsed(result.active_units, result.latent_dim)
     return 0
+
+
+def _refuse_conditional(run, command: str) -> None:
+    """A table has no labels column that aevb reads: a conditional model is refused."""
+    if is_conditional(run.model):
+        raise AevbError(
+            f"aevb {command} reads a table without labels, but the model in {run.run_dir} is "
+            f"conditional (it needs each row's class); use the Python API: aevb.load_run(RUN)."
+            f"{'encode' if command == 'embed' else 'log_likelihood_per_example'}(x, labels=y)"
+        )
 
 
 def _read_rows(args: argparse.Namespace, run) -> np.ndarray:
@@ -484,6 +527,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     check_output_file(args.out)
     run = load_run(args.run_dir, which=args.which, device=args.device)
+    _refuse_conditional(run, "embed")
     # All rows through the run's transforms at once, as aevb score and aevb evaluate do (a
     # Bernoulli run's fixed binarization draw covers the whole table), then encoded in batches.
     x = run.prepare(_read_rows(args, run), where=args.data)
@@ -507,6 +551,7 @@ def _score(args: argparse.Namespace) -> int:
 
     check_output_file(args.out)
     run = load_run(args.run_dir, which=args.which, device=args.device)
+    _refuse_conditional(run, "score")
     x = _read_rows(args, run)
     # Scored like the run's own evaluation data (aevb evaluate): the run's transforms, its
     # binarization drawn with the same fixed seed, so the numbers are comparable.

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from aevb.conditional import bind, checked_labels
 from aevb.distributions import (
     MOMENT_SAMPLES,
     SampledPosterior,
@@ -118,10 +119,11 @@ def _bits_per_dim(log_likelihood: float, data_dim: int) -> float:
     return -log_likelihood / (data_dim * math.log(2))
 
 
-def check_data(model: VAE, x: Tensor) -> None:
+def check_data(model: VAE, x: Tensor, labels: Tensor | None = None) -> Tensor | None:
     """Refuse x that the model gives no density: rows of another shape than its likelihood's
     event, NaN or infinite values, and values other than 0 and 1 for a Bernoulli likelihood
-    (its log-probability of a grey value is not a log-likelihood)."""
+    (its log-probability of a grey value is not a log-likelihood). A conditional model needs
+    ``labels`` (N,), one per row; returned checked (int64 on x's device)."""
     if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
         raise DataError(
             "x must be a floating-point tensor of shape (N, *data_shape), got "
@@ -135,8 +137,10 @@ def check_data(model: VAE, x: Tensor) -> None:
             f"x is {x.dtype} but the model's parameters are {parameter.dtype}; convert one to "
             "the other (x.to(dtype) or model.to(dtype))"
         )
+    labels = checked_labels(model, labels, len(x))
     with torch.no_grad():
-        likelihood = model.likelihood(x.new_zeros(1, model.latent_dim))
+        first = bind(model, None if labels is None else labels[:1].to(x.device))
+        likelihood = first.likelihood(x.new_zeros(1, model.latent_dim))
         event_shape = tuple(likelihood.event_shape)
         if event_shape and tuple(x.shape[1:]) != event_shape:
             raise DataError(
@@ -162,6 +166,7 @@ def check_data(model: VAE, x: Tensor) -> None:
                 "[0, 1], but x holds other values: pass the images as loaded (k/255), not "
                 "binarized, standardised or rescaled"
             )
+    return None if labels is None else labels.to(x.device)
 
 
 @torch.no_grad()
@@ -176,6 +181,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     proposal: Callable[[VAE, Tensor], Distribution] | None = None,
+    labels: Tensor | None = None,
 ) -> Evaluation:
     """Importance-sampled log p(x), IWAE bound, ELBO (A and B), KL and active units of x.
 
@@ -187,9 +193,11 @@ def evaluate(
     CPU and 2²⁴ on a GPU) are processed together; ``float64`` accumulates the log-weights in
     double precision. ``proposal(model, batch)`` replaces the encoder as the importance
     distribution (and as the q of the reported ELBO and KL). Values that the likelihood gives
-    no density (grey values for a Bernoulli likelihood) are refused.
+    no density (grey values for a Bernoulli likelihood) are refused. A conditional model
+    (:mod:`aevb.conditional`) needs the rows' ``labels`` (N,) and is evaluated given them:
+    log p(x|y), its bounds and q(z|x, y).
     """
-    check_data(model, x)
+    labels = check_data(model, x, labels)
     n = len(x)
     if n == 0:
         raise ValueError("cannot evaluate on an empty data split")
@@ -215,10 +223,11 @@ def evaluate(
         prior = model.prior()  # once: a VampPrior encodes its pseudo-inputs to make it
         for start in range(0, n, batch_size):
             batch = x[start : start + batch_size]
-            posterior = model.posterior(batch) if proposal is None else proposal(model, batch)
+            bound = bind(model, None if labels is None else labels[start : start + batch_size])
+            posterior = bound.posterior(batch) if proposal is None else proposal(bound, batch)
             rule = rule or KLRule.decide(posterior, prior)
             stats, kl_dim = _batch_statistics(
-                model, batch, posterior, prior, rule, k, m, samples_per_chunk, dtype, bar
+                bound, batch, posterior, prior, rule, k, m, samples_per_chunk, dtype, bar
             )
             totals += stats.sum(1).double()
             posterior_means.append(posterior.mean)
@@ -297,7 +306,11 @@ def _chunk_sizes(
 
 @torch.no_grad()
 def log_likelihood_per_example(
-    model: VAE, x: Tensor, importance_samples: int = 1000, seed: int = 0
+    model: VAE,
+    x: Tensor,
+    importance_samples: int = 1000,
+    seed: int = 0,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Importance-sampled log p̂(x) of every row of x: (N, *data_shape) → (N,) nats, float64.
 
@@ -306,9 +319,9 @@ def log_likelihood_per_example(
     normal draws for every row, so that each row's value depends only on that row (scores are
     invariant to the order and to the subset of rows scored). Higher is more typical of the
     training data: an anomaly score with the sign flipped. x is in the model's space, as for
-    :func:`evaluate`.
+    :func:`evaluate` (with its ``labels`` for a conditional model: log p̂(x|y)).
     """
-    check_data(model, x)
+    labels = check_data(model, x, labels)
     _check_counts(importance_samples=importance_samples)
     k = int(importance_samples)
     was_training = model.training
@@ -317,20 +330,23 @@ def log_likelihood_per_example(
         # The same k standard-normal draws for every row: a row's estimate then depends on
         # that row alone, not on its position or on the other rows in the call.
         noise = torch.randn(k, model.latent_dim, device=x.device, dtype=x.dtype)
-        values = _per_example(model, x, noise)
+        values = _per_example(model, x, noise, labels)
         unrepresentable = ~torch.isfinite(values)
         if unrepresentable.any():
             # A row so far from the data (an anomaly 1e30 away) that its float32 densities
             # overflow: its honest score (about -1e60) is computed again in float64.
             model64 = copy.deepcopy(model).double()
             values[unrepresentable] = _per_example(
-                model64, x[unrepresentable].double(), noise.double()
+                model64,
+                x[unrepresentable].double(),
+                noise.double(),
+                None if labels is None else labels[unrepresentable],
             )
     model.train(was_training)
     return values
 
 
-def _per_example(model: VAE, x: Tensor, noise: Tensor) -> Tensor:
+def _per_example(model: VAE, x: Tensor, noise: Tensor, labels: Tensor | None) -> Tensor:
     """log p̂(x) of each row of x with the k latent draws ``noise`` (k, latent_dim): (N,)."""
     k = len(noise)
     batch_size, samples_per_chunk = _chunk_sizes(x, k, None, None, likelihood_width(model))
@@ -340,10 +356,11 @@ def _per_example(model: VAE, x: Tensor, noise: Tensor) -> Tensor:
     with tqdm(disable=True) as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
+            bound = bind(model, None if labels is None else labels[start : start + batch_size])
             stats, _ = _batch_statistics(
-                model,
+                bound,
                 batch,
-                model.posterior(batch),
+                bound.posterior(batch),
                 prior,
                 rule,
                 k,

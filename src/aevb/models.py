@@ -103,27 +103,33 @@ class VAE(nn.Module):
 
         Returns (num_samples, *data_shape).
         """
+        self._check_sample_count(num_samples)
+        z = self.prior().sample((num_samples,))
+        likelihood = self.likelihood(z)
+        return likelihood.mean if mean else likelihood.sample()
+
+    def _values_per_sample(self) -> int:
+        """Values one ancestral sample holds (latent and data)."""
+        device = next(self.parameters(), torch.empty(0)).device
+        zero = torch.zeros(1, self.latent_dim, device=device)
+        return self.likelihood(zero).event_shape.numel() + self.latent_dim
+
+    def _check_sample_count(self, num_samples: int) -> None:
+        """Refuse a count that is not a positive integer, or whose samples alone (made at
+        once) would exceed the memory."""
         if (
             isinstance(num_samples, bool)
             or not isinstance(num_samples, Integral)
             or num_samples < 1
         ):
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        prior = self.prior()
-        # The samples are made at once: refuse a count whose output alone exceeds the memory.
-        device = next(self.parameters(), torch.empty(0)).device
-        zero = torch.zeros(1, self.latent_dim, device=device)
-        values = self.likelihood(zero).event_shape.numel() + self.latent_dim
         check_memory(
-            4 * values * int(num_samples),
+            4 * self._values_per_sample() * int(num_samples),
             f"{num_samples} samples",
             "draw fewer at a time",
             share=0.5,
             error=ValueError,
         )
-        z = prior.sample((num_samples,))
-        likelihood = self.likelihood(z)
-        return likelihood.mean if mean else likelihood.sample()
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mean: bool = True) -> Tensor:

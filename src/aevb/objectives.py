@@ -57,7 +57,9 @@ __all__ = [
     "Objective",
     "ObjectiveTerms",
     "ScoreFunction",
+    "SemiSupervised",
     "WakeSleep",
+    "held_out_metrics",
     "kl_weight",
     "latent_samples",
     "make_objective",
@@ -227,8 +229,9 @@ class Objective:
         once (never inside a compiled step); check the objective's needs against them.
         ``num_examples`` is the size of the training set, for objectives that keep state per
         datapoint."""
+        first = model.first(2) if hasattr(model, "first") else model  # a conditioned view
         with torch.no_grad():
-            self.kl_rule = KLRule.decide(model.posterior(x[:2]), model.prior())
+            self.kl_rule = KLRule.decide(first.posterior(x[:2]), model.prior())
 
     def _rule(self, model: VAE, x: Tensor) -> KLRule:
         if self.kl_rule is None:  # used directly, without a Trainer: decide on first call
@@ -265,13 +268,13 @@ class Objective:
         """Restore what :meth:`state_tensors` returned."""
 
     @torch.no_grad()
-    def metrics(self, model: VAE, x: Tensor) -> dict[str, float]:
-        """Held-out metrics of ``model`` on x (nats per example, model space): by default the
-        ELBO by estimator B with one sample per row, its reconstruction and KL, and the number
-        of active units."""
+    def metrics(self, model: VAE, x: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """Held-out metrics of ``model`` on x (nats per example, model space; ``labels`` (N,)
+        for a conditional model): by default the ELBO by estimator B with one sample per row,
+        its reconstruction and KL, and the number of active units."""
         from aevb.evaluation import evaluate
 
-        result = evaluate(model, x, 1, batch_size=METRICS_BATCH, seed=METRICS_SEED)
+        result = evaluate(model, x, 1, batch_size=METRICS_BATCH, seed=METRICS_SEED, labels=labels)
         return {
             "elbo": result.elbo,
             "reconstruction": result.reconstruction,
@@ -511,8 +514,177 @@ def _objectives() -> dict[str, type[Objective]]:
 
     return {
         cls.name: cls
-        for cls in (SGVBA, SGVBB, IWAE, ScoreFunction, WakeSleep, Autoencoder, MonteCarloEM)
+        for cls in (
+            SGVBA,
+            SGVBB,
+            IWAE,
+            ScoreFunction,
+            WakeSleep,
+            Autoencoder,
+            MonteCarloEM,
+            SemiSupervised,
+        )
     }
+
+
+class SemiSupervised(Objective):
+    """M2's objective (Kingma, Rezende, Mohamed & Welling 2014, eq. 9), for a
+    :class:`~aevb.conditional.SemiSupervisedVAE` on batches where unlabelled rows carry the
+    label −1.
+
+    For a labelled (x, y) the bound on log p(x, y),
+    L(x, y) = E_q(z|x,y)[log p(x|y, z)] − KL(q(z|x, y) ‖ p(z)) + log p(y); for an unlabelled x,
+    y is a latent variable and the bound on log p(x) sums over the classes,
+    U(x) = Σ_y q(y|x) L(x, y) + H(q(y|x)). The loss per example is the paper's J^α / N:
+
+        −[(N_u/N) mean_u U(x) + (N_l/N) mean_l L(x, y) + α mean_l log q(y|x)],
+
+    with N_l = ``num_labelled`` labelled and N_u unlabelled training rows (N_u is the loader's
+    size, known at :meth:`prepare`), so that a labelled example's classifier term weighs
+    α N / N_l against its bound (the paper's α = 0.1 N). Every class is decoded for every row
+    (C× a VAE step's work). The reported ``elbo`` is the mean U(x), a bound on log p(x) that
+    uses no label; ``kl`` is KL(q(y, z|x) ‖ p(y) p(z)) = reconstruction − U; held-out
+    ``error`` is the classifier's error rate argmax q(y|x) ≠ y.
+    """
+
+    name = "m2"
+    options = ("samples", "beta", "beta_start", "warmup_steps", "alpha", "labels")
+    reported = ("elbo", "reconstruction", "kl", "error")
+    # Rows per batch of the held-out metrics (each decoded once per class).
+    METRICS_ROWS = 1000
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        alpha: float = 0.1,
+        num_labelled: int | None = None,
+        **kl_weighting: Any,
+    ):
+        super().__init__(num_samples, **kl_weighting)
+        if not (alpha >= 0 and math.isfinite(alpha)):
+            raise ConfigError(f"alpha must be finite and non-negative, got {alpha!r}")
+        if num_labelled is not None and num_labelled < 1:
+            raise ConfigError(f"num_labelled must be positive, got {num_labelled}")
+        self.alpha = float(alpha)
+        self.num_labelled = num_labelled
+        self.labelled_share: float | None = None
+
+    @staticmethod
+    def _model(model: Any) -> Any:
+        from aevb.conditional import Conditioned, SemiSupervisedVAE
+
+        parent = model.model if isinstance(model, Conditioned) else model
+        if not isinstance(parent, SemiSupervisedVAE):
+            raise ConfigError(
+                "the m2 objective trains a semi-supervised model (aevb.conditional."
+                "SemiSupervisedVAE: a conditional VAE with a classifier), not "
+                f"{type(parent).__name__}"
+            )
+        return parent
+
+    def prepare(self, model: Any, x: Tensor, num_examples: int | None = None) -> None:
+        parent = self._model(model)
+        labels = torch.zeros(min(len(x), 2), dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            self.kl_rule = KLRule.decide(parent.posterior(x[:2], labels), parent.prior())
+        if num_examples and self.num_labelled:
+            self.labelled_share = self.num_labelled / (self.num_labelled + num_examples)
+
+    def class_bounds(
+        self, model: Any, x: Tensor, beta: float | Tensor = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """For every class c and row: L(x, c) with KL weight β, its reconstruction term and
+        its KL, each (C, batch)."""
+        parent = self._model(model)
+        rule = self.kl_rule or KLRule.decide(
+            parent.posterior(x[:1], torch.zeros(1, dtype=torch.long, device=x.device)),
+            parent.prior(),
+        )
+        self.kl_rule = rule
+        rows, classes = len(x), parent.num_classes
+        every = torch.arange(classes, device=x.device).repeat_interleave(rows)
+        x_all = x.repeat(classes, *([1] * (x.dim() - 1)))
+        samples = latent_samples(parent.given(every), x_all, self.num_samples)
+        log_ratio = None
+        if not rule.analytic and not rule.per_dimension:
+            log_ratio = samples.log_posterior - samples.log_prior
+        kl = rule.estimate(samples.posterior, samples.prior, samples.z, log_ratio).total
+        if kl.dim() > 1:
+            kl = kl.mean(0)
+        reconstruction = samples.log_likelihood.mean(0).view(classes, rows)
+        kl = kl.view(classes, rows)
+        log_p_y = -math.log(classes)
+        return reconstruction - beta * kl + log_p_y, reconstruction, kl
+
+    def __call__(self, model: Any, x: Tensor, beta: float | Tensor = 1.0) -> ObjectiveTerms:
+        check_beta(beta)
+        parent = self._model(model)
+        labels = getattr(model, "labels", None)
+        if labels is None:
+            labels = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        bound, reconstruction, kl = self.class_bounds(parent, x, beta)
+        log_q = parent.classify(x).logits  # normalised: (batch, C)
+        q = log_q.exp()
+        entropy = -(q * log_q).sum(-1)
+        unlabelled_bound = (q.T * bound).sum(0) + entropy  # U(x) with weight β on the KL
+        labelled = labels >= 0
+        known = labels.clamp(min=0)
+        labelled_bound = bound.gather(0, known[None]).squeeze(0)  # L(x, y)
+        log_q_known = log_q.gather(1, known[:, None]).squeeze(1)
+        count_l = labelled.sum()
+        count_u = len(x) - count_l
+        mean_u = torch.where(labelled, 0.0, unlabelled_bound).sum() / count_u.clamp(min=1)
+        mean_l = torch.where(labelled, labelled_bound, 0.0).sum() / count_l.clamp(min=1)
+        mean_log_q = torch.where(labelled, log_q_known, 0.0).sum() / count_l.clamp(min=1)
+        share = self.labelled_share
+        if share is None:  # no training-set sizes: the batch's own proportions
+            share_l = count_l.to(mean_l.dtype) / len(x)
+        else:
+            share_l = share * (count_l > 0).to(mean_l.dtype)
+        objective = (1 - share_l) * mean_u + share_l * mean_l + self.alpha * mean_log_q
+        # Reported, per row and without labels: U(x) at β = 1 and its two parts.
+        expected_reconstruction = (q.T * reconstruction).sum(0)
+        elbo = (q.T * (reconstruction - kl - math.log(parent.num_classes))).sum(0) + entropy
+        elbo_mean, reconstruction_mean = elbo.mean(), expected_reconstruction.mean()
+        return ObjectiveTerms(
+            -objective,
+            elbo_mean,
+            reconstruction_mean,
+            reconstruction_mean - elbo_mean,
+            None,
+            elbo_mean,
+        )
+
+    @torch.no_grad()
+    def metrics(self, model: VAE, x: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """U(x) (one latent draw per row and class), its reconstruction and KL, and where
+        ``labels`` are given the classifier's error rate."""
+        parent = self._model(model)
+        totals = torch.zeros(4, dtype=torch.float64, device=x.device)
+        from aevb.evaluation import fixed_randomness
+
+        with fixed_randomness(METRICS_SEED, x.device):
+            for start in range(0, len(x), self.METRICS_ROWS):
+                batch = x[start : start + self.METRICS_ROWS]
+                terms = self(parent, batch)
+                totals[:3] += torch.stack(
+                    (terms.elbo, terms.reconstruction, terms.kl)
+                ).double() * len(batch)
+                if labels is not None:
+                    predicted = parent.classify(batch).logits.argmax(-1)
+                    truth = labels[start : start + self.METRICS_ROWS].to(x.device)
+                    totals[3] += (predicted != truth).sum()
+        elbo, reconstruction, kl, errors = (totals / len(x)).tolist()
+        metrics = {"elbo": elbo, "reconstruction": reconstruction, "kl": kl}
+        if labels is not None:
+            metrics["error"] = errors
+        return metrics
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, alpha={self.alpha}, "
+            f"num_labelled={self.num_labelled})"
+        )
 
 
 OBJECTIVES: tuple[str, ...] = (
@@ -523,6 +695,7 @@ OBJECTIVES: tuple[str, ...] = (
     "wake-sleep",
     "autoencoder",
     "mcem",
+    "m2",
 )
 # The training settings any objective accepts, and the objective argument each one sets.
 OPTION_ARGUMENTS = {
@@ -532,6 +705,8 @@ OPTION_ARGUMENTS = {
     "warmup_steps": "warmup_steps",
     "free_bits": "free_bits",
     "baseline": "baseline",
+    "alpha": "alpha",
+    "labels": "num_labelled",
 }
 
 
@@ -552,6 +727,16 @@ def make_objective(name: str, **options: Any) -> Objective:
     if refused:
         raise ConfigError(f"the {name} objective does not take {', '.join(refused)}")
     return cls(**{OPTION_ARGUMENTS[key]: value for key, value in options.items()})
+
+
+def held_out_metrics(
+    objective: Objective, model: VAE, x: Tensor, labels: Tensor | None = None
+) -> dict[str, float]:
+    """``objective.metrics(model, x)``, with ``labels`` for a conditional model (an objective
+    of one's own that takes no labels is called without them)."""
+    if labels is None:
+        return objective.metrics(model, x)
+    return objective.metrics(model, x, labels)
 
 
 def warn_if_warmup_incomplete(total_steps: int, objective: Objective) -> None:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from torch import Tensor
 
+from aevb.conditional import is_conditional
 from aevb.evaluation import fixed_randomness
 from aevb.models import VAE
 from aevb.storage import atomic_write_bytes
@@ -111,18 +112,35 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, metric: str 
 
 
 def write_image_plots(
-    run_dir: str | Path, model: VAE, test_x: Tensor, inverse=None, num_images: int = 64
+    run_dir: str | Path,
+    model: VAE,
+    test_x: Tensor,
+    inverse=None,
+    num_images: int = 64,
+    labels: Tensor | None = None,
 ) -> None:
     """``samples.png`` and ``reconstructions.png`` in ``run_dir``, for image data (N, C, H, W);
-    ``inverse`` maps model outputs back to the data's units."""
+    ``inverse`` maps model outputs back to the data's units. A conditional model's samples
+    take the classes in turn (a column of the grid per class) and its reconstructions the
+    test ``labels``."""
     run_dir = Path(run_dir)
     inverse = inverse or (lambda values: values)
+    conditional = is_conditional(model)
+    columns = None
+    if conditional:
+        columns = model.num_classes
+        num_images = columns * max(1, num_images // columns)
     with fixed_randomness(0, test_x.device):
         samples = model.sample(num_images)
-    save_image_grid(inverse(samples), run_dir / "samples.png")
+    save_image_grid(inverse(samples), run_dir / "samples.png", ncols=columns)
     originals = test_x[:16]
+    if conditional:
+        assert labels is not None
+        reconstructed = model.reconstruct(originals, labels[:16])
+    else:
+        reconstructed = model.reconstruct(originals)
     save_reconstructions(
-        inverse(originals), inverse(model.reconstruct(originals)), run_dir / "reconstructions.png"
+        inverse(originals), inverse(reconstructed), run_dir / "reconstructions.png"
     )
 
 

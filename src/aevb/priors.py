@@ -66,8 +66,11 @@ class VampPrior(nn.Module):
 
     ``encoder`` is the model's own encoder (kept by reference, not registered as a submodule, so
     its parameters are the model's and appear once in its state); ``data_shape`` the shape of
-    one input. The pseudo-inputs start at 0.5 + 0.01·ε, ε ~ N(0, I), as in the authors'
-    experiments on images in [0, 1].
+    one input. The pseudo-inputs start at 0.5 + 0.01·ε, ε ~ N(0, I), and are not constrained.
+    (The authors' MNIST code starts them at 0.05 + 0.01·ε and passes them through a hardtanh
+    onto [0, 1]; neither that start nor one from training images keeps an MLP encoder trained
+    from scratch with Adam from collapsing: q(z|x) stops depending on x within the first ~100
+    steps, where every component equals it and the KL is exactly 0.)
     """
 
     def __init__(self, encoder: nn.Module, num_components: int, data_shape: Sequence[int]):

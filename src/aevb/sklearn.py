@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import Tensor
 
 from aevb.builders import LIKELIHOODS, POSTERIORS, ModelSpec, mlp
+from aevb.conditional import bind
 from aevb.data import Standardize, TensorLoader, choose_transforms
 from aevb.data.tables import check_outliers, outlier_bounds
 from aevb.devices import check_device_name, resolve_device
@@ -48,11 +49,14 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ``validation_fraction`` held out of ``fit``'s data, stopping after ``n_iter_no_change``
     epochs without a better validation ELBO and keeping the best weights;
     ``importance_samples`` k for ``score_samples``; ``device``; ``random_state``; ``verbose``
-    (progress bar).
+    (progress bar); ``conditional``: a conditional VAE (Sohn et al. 2015) of X given the class
+    labels ``y`` that ``fit`` then needs (as do ``transform``, ``inverse_transform``,
+    ``score_samples`` and ``score``; ``sample`` draws the classes in turn unless given ``y``).
 
     Attributes after fit: ``model_`` (the :class:`aevb.models.VAE`), ``n_features_in_``,
     ``feature_names_in_`` (DataFrames), ``mean_`` and ``scale_`` (the standardisation, zeros
-    and ones for a Bernoulli likelihood), ``history_`` (per-epoch metrics), ``n_iter_``.
+    and ones for a Bernoulli likelihood), ``history_`` (per-epoch metrics), ``n_iter_``;
+    ``classes_`` (the labels seen by ``fit``) for a conditional model.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         device: str = "cpu",
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
+        conditional: bool = False,
     ):
         self.latent_dim = latent_dim
         self.hidden = hidden
@@ -92,12 +97,15 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.conditional = conditional
 
     # ------------------------------------------------------------------------------ fitting
     def fit(self, X, y=None) -> VAE:
-        """Fit to X: (n_samples, n_features). ``y`` is ignored."""
+        """Fit to X: (n_samples, n_features); ``y`` (n_samples,) are the class labels of a
+        conditional model (ignored otherwise)."""
         self._check_parameters()
         X = self._validate(X, reset=True)
+        labels = self._fit_labels(X, y)
         check_outliers(X, outlier_bounds(X), "X", getattr(self, "feature_names_in_", None))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         held = np.zeros(len(X), dtype=bool)
@@ -111,12 +119,14 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         best = BestWeights()
         if self.early_stopping:
             val = self.transforms_.prepare(self._tensor(X[held]))
+            val_labels = None if labels is None else labels[torch.from_numpy(held)]
             callbacks += [
-                Validation(val, self.transforms_.log_abs_det_jacobian),
+                Validation(val, self.transforms_.log_abs_det_jacobian, val_labels),
                 EarlyStopping(self.n_iter_no_change),
                 best,
             ]
-        trainer = self._trainer(X[~held], callbacks)
+        kept = None if labels is None else labels[torch.from_numpy(~held)]
+        trainer = self._trainer(X[~held], callbacks, kept)
         state = trainer.fit(self.epochs)
         best.restore(trainer)
         self.model_.eval()
@@ -132,11 +142,12 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         first = not hasattr(self, "model_")
         self._check_parameters()
         X = self._validate(X, reset=first)
+        labels = self._fit_labels(X, y) if first else self._labels(X, y)
         check_outliers(X, outlier_bounds(X), "X", getattr(self, "feature_names_in_", None))
         if first:
             self._start(X, int(check_random_state(self.random_state).randint(2**31 - 1)))
             self.history_, self.n_iter_ = [], 0
-        self.history_ += self._trainer(X, []).fit(1).history
+        self.history_ += self._trainer(X, [], labels).fit(1).history
         self.model_.eval()
         self.n_iter_ += 1
         return self
@@ -155,6 +166,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             likelihood=self.likelihood,
             likelihood_std=1.0,
             posterior=self.posterior,
+            **({"num_classes": len(self.classes_)} if self.conditional else {}),
         )
         rows = min(self.batch_size, len(X)) * self.num_samples
         self.model_ = spec.build(copies=TRAINING_COPIES, rows=rows).to(resolve_device(self.device))
@@ -172,57 +184,83 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             options["beta"] = self.beta
         return options
 
-    def _trainer(self, X: np.ndarray, callbacks: list) -> Trainer:
-        """A Trainer over the rows X (as given) for the estimator's model and optimiser."""
-        loader = TensorLoader(self._tensor(X), self.batch_size, self.transforms_)
+    def _trainer(self, X: np.ndarray, callbacks: list, labels: Tensor | None = None) -> Trainer:
+        """A Trainer over the rows X (as given, with their ``labels`` for a conditional
+        model) for the estimator's model and optimiser."""
+        x = self._tensor(X)
+        labels = None if labels is None else labels.to(x.device)
+        loader = TensorLoader(x, self.batch_size, self.transforms_, labels=labels)
         if self.verbose:
             callbacks = [*callbacks, ProgressBar()]
         return Trainer(self.model_, self.objective_, loader, self.optimizer_, callbacks=callbacks)
 
     # ------------------------------------------------------------------------- inference
-    def transform(self, X, return_std: bool = False):
-        """Posterior means E_q[z|x]: (n_samples, latent_dim); with ``return_std`` also the
-        posterior standard deviations (the square roots of the covariance's diagonal)."""
-        posterior = self._posterior(X)
+    def fit_transform(self, X, y=None, **fit_params):
+        """``fit(X, y)``, then ``transform(X, y=y)``."""
+        return self.fit(X, y, **fit_params).transform(X, y=y)
+
+    def transform(self, X, return_std: bool = False, y=None):
+        """Posterior means E_q[z|x] (E_q[z|x, y] given the labels ``y`` of a conditional
+        model): (n_samples, latent_dim); with ``return_std`` also the posterior standard
+        deviations (the square roots of the covariance's diagonal)."""
+        posterior = self._posterior(X, y)
         mean = posterior.mean.detach().cpu().numpy().astype(np.float64)
         if return_std:
             return mean, posterior.stddev.detach().cpu().numpy().astype(np.float64)
         return mean
 
-    def inverse_transform(self, X):
-        """Decoder means E[x|z] for codes X: (n_samples, latent_dim), in the data's units."""
+    def inverse_transform(self, X, y=None):
+        """Decoder means E[x|z] (E[x|z, y] given the labels ``y`` of a conditional model) for
+        codes X: (n_samples, latent_dim), in the data's units."""
         check_is_fitted(self)
         z = np.asarray(X, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected codes of shape (n, {self.latent_dim}), got {z.shape}")
         if not (np.abs(z) <= np.finfo(np.float32).max).all():
             raise ValueError("codes must be finite (and within float32's range)")
+        labels = self._labels(z, y)
         with torch.no_grad():
-            mean = self.model_.likelihood(self._tensor(z)).mean
+            mean = bind(self.model_, labels).likelihood(self._tensor(z)).mean
         return self._in_data_units(mean)
 
-    def sample(self, n_samples: int = 1, random_state=None, mean: bool = False) -> np.ndarray:
+    def sample(
+        self, n_samples: int = 1, random_state=None, mean: bool = False, y=None
+    ) -> np.ndarray:
         """Ancestral samples: z ~ p(z), then x ~ p(x|z) (the decoder mean if ``mean``),
-        in the data's units: (n_samples, n_features)."""
+        in the data's units: (n_samples, n_features). A conditional model draws the classes
+        ``y`` (one label, or n_samples of them), by default the classes in turn."""
         check_is_fitted(self)
         seed = int(check_random_state(random_state).randint(2**31 - 1))
+        options = {}
+        if self.conditional:
+            if y is not None:
+                wanted = np.broadcast_to(np.asarray(y), (n_samples,))
+                options["label"] = self._labels(np.zeros((n_samples, 1)), wanted)
+        elif y is not None:
+            raise ValueError("y applies to a conditional model (conditional=True)")
         with fixed_randomness(seed, self._device()):
-            x = self.model_.sample(n_samples, mean=mean)
+            x = self.model_.sample(n_samples, mean=mean, **options)
         return self._in_data_units(x)
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X, y=None) -> np.ndarray:
         """log p(x) of every row (nats), by importance sampling with ``importance_samples``
         draws from the encoder, of the rows as given: for Gaussian likelihoods it includes
         −Σ log scale_, the Jacobian of the standardisation; for a Bernoulli likelihood grey
-        rows are binarized with ``aevb score``'s fixed draw. Higher is more normal."""
+        rows are binarized with ``aevb score``'s fixed draw. Higher is more normal. A
+        conditional model gives log p(x|y) for the labels ``y``."""
         check_is_fitted(self)
-        x = self._prepared(self._validate(X, reset=False))
-        values = log_likelihood_per_example(self.model_, x, self.importance_samples, seed=0)
+        X = self._validate(X, reset=False)
+        labels = self._labels(X, y)
+        x = self._prepared(X)
+        values = log_likelihood_per_example(
+            self.model_, x, self.importance_samples, seed=0, labels=labels
+        )
         return values.cpu().numpy() + self.transforms_.log_abs_det_jacobian
 
     def score(self, X, y=None) -> float:
-        """Mean log-likelihood of the rows of X (nats per row): higher is better."""
-        return float(self.score_samples(X).mean())
+        """Mean log-likelihood of the rows of X (nats per row; given y for a conditional
+        model): higher is better."""
+        return float(self.score_samples(X, y if self.conditional else None).mean())
 
     # --------------------------------------------------------------------------- helpers
     def _check_parameters(self) -> None:
@@ -266,7 +304,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}")
-        for name in ("early_stopping", "verbose"):
+        for name in ("early_stopping", "verbose", "conditional"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 problems.append(f"{name} must be True or False")
         try:
@@ -308,8 +346,41 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _in_data_units(self, x: Tensor) -> np.ndarray:
         return self.transforms_.inverse(x.double()).cpu().numpy()
 
-    def _posterior(self, X):
+    def _posterior(self, X, y=None):
         check_is_fitted(self)
-        x = self._prepared(self._validate(X, reset=False))
+        X = self._validate(X, reset=False)
+        labels = self._labels(X, y)
+        x = self._prepared(X)
         with torch.no_grad():
-            return self.model_.posterior(x)
+            return bind(self.model_, labels).posterior(x)
+
+    def _fit_labels(self, X: np.ndarray, y) -> Tensor | None:
+        """Record ``classes_`` from the labels y of X (a conditional model) and return them
+        as class indices."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ValueError("a conditional model (conditional=True) is fitted with labels y")
+        y = column_or_1d(y, warn=True)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"a conditional model needs at least two classes, got {len(classes)}")
+        self.classes_ = classes
+        return self._labels(X, y)
+
+    def _labels(self, X: np.ndarray, y) -> Tensor | None:
+        """The labels y of the rows X as class indices (int64 on the model's device) for a
+        conditional model; ``None`` otherwise (y ignored)."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ValueError("the model is conditional: pass the labels y of the rows")
+        y = column_or_1d(y, warn=True)
+        if len(y) != len(X):
+            raise ValueError(f"{len(y)} labels for {len(X)} rows")
+        known = np.isin(y, self.classes_)
+        if not known.all():
+            raise ValueError(f"labels not seen in fit: {np.unique(y[~known])[:5].tolist()}")
+        indices = np.searchsorted(self.classes_, y)
+        device = self._device() if hasattr(self, "model_") else resolve_device(self.device)
+        return torch.as_tensor(indices, dtype=torch.long, device=device)

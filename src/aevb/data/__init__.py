@@ -10,7 +10,13 @@
 
 from aevb.data.datasets import DATASETS, Dataset, load_dataset
 from aevb.data.files import default_cache_dir, default_data_dir
-from aevb.data.loaders import Batch, DynamicBinarization, Loader, TensorLoader
+from aevb.data.loaders import (
+    Batch,
+    DynamicBinarization,
+    Loader,
+    SemiSupervisedLoader,
+    TensorLoader,
+)
 from aevb.data.tables import load_table
 from aevb.data.transforms import (
     BINARIZATIONS,
@@ -28,6 +34,7 @@ __all__ = [
     "Dataset",
     "DynamicBinarization",
     "Loader",
+    "SemiSupervisedLoader",
     "Standardize",
     "TensorLoader",
     "Transforms",

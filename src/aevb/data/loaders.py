@@ -22,15 +22,17 @@ from torch import Tensor
 
 from aevb.data.transforms import Transforms
 
-__all__ = ["Batch", "DynamicBinarization", "Loader", "TensorLoader"]
+__all__ = ["Batch", "DynamicBinarization", "Loader", "SemiSupervisedLoader", "TensorLoader"]
 
 
 class Batch(NamedTuple):
-    """A minibatch: rows ``x`` (batch, *data_shape) in the model's space, and their positions
-    ``index`` (batch,) in the training set."""
+    """A minibatch: rows ``x`` (batch, *data_shape) in the model's space, their positions
+    ``index`` (batch,) in the training set, and their class labels ``y`` (batch,) int64 for a
+    conditional model (−1 where unlabelled), else ``None``."""
 
     x: Tensor
     index: Tensor
+    y: Tensor | None = None
 
 
 class Loader(Protocol):
@@ -53,9 +55,9 @@ class Loader(Protocol):
         return its batches from the ``skip``-th on."""
         ...
 
-    def head(self, rows: int) -> Tensor:
+    def head(self, rows: int) -> Batch:
         """The first ``rows`` training rows in the model's space, deterministically prepared
-        (for checks and diagnoses)."""
+        (for checks and diagnoses), with their labels."""
         ...
 
 
@@ -96,7 +98,8 @@ class DynamicBinarization:
 class TensorLoader:
     """Shuffled minibatches of ``x`` (N, *data_shape), a tensor of the data as loaded, on the
     training device; ``transforms`` map it to the model's space (dynamic binarization anew each
-    epoch, the others once, here). The last batch of an epoch may be shorter.
+    epoch, the others once, here). The last batch of an epoch may be shorter. ``labels`` (N,)
+    int64 on the same device, for a conditional model, come with each batch.
     """
 
     def __init__(
@@ -105,11 +108,15 @@ class TensorLoader:
         batch_size: int,
         transforms: Transforms | None = None,
         shuffle: bool = True,
+        labels: Tensor | None = None,
     ):
         if len(x) == 0:
             raise ValueError("cannot train on an empty data split")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if labels is not None and labels.shape != (len(x),):
+            raise ValueError(f"labels of shape {tuple(labels.shape)} for {len(x)} rows")
+        self.labels = labels
         self.batch_size = int(batch_size)
         self.transforms = transforms or Transforms()
         self.shuffle = shuffle
@@ -135,17 +142,24 @@ class TensorLoader:
         return -(-len(self._x) // self.batch_size)
 
     def epoch(self, skip: int = 0) -> Iterator[Batch]:
+        order = self.order()
+        return self._batches(self.draw(), order, skip, self._epochs_drawn)
+
+    def order(self) -> Tensor:
+        """The rows' order for one pass: a permutation (N,) drawn now, or 0…N−1 unshuffled."""
         n = len(self._x)
-        order = (
-            torch.randperm(n, device=self._x.device)
-            if self.shuffle
-            else torch.arange(n, device=self._x.device)
-        )
+        if self.shuffle:
+            return torch.randperm(n, device=self._x.device)
+        return torch.arange(n, device=self._x.device)
+
+    def draw(self) -> Tensor:
+        """The table in the model's space for the next epoch (a dynamic binarization drawn
+        now, into the buffer the previous epoch used)."""
         x = self._x
         if self._binarization is not None:
             x = self._drawn = self._binarization.draw(out=self._drawn)
         self._epochs_drawn += 1
-        return self._batches(x, order, skip, self._epochs_drawn)
+        return x
 
     def _batches(self, x: Tensor, order: Tensor, skip: int, epoch: int) -> Iterator[Batch]:
         # Each batch gathers its rows (a copy), so a step may keep its batch; an epoch's
@@ -155,7 +169,62 @@ class TensorLoader:
             if epoch != self._epochs_drawn:
                 raise RuntimeError("an epoch's batches were read after the next epoch was drawn")
             index = order[start : start + self.batch_size]
-            yield Batch(x.index_select(0, index), index)
+            y = None if self.labels is None else self.labels.index_select(0, index)
+            yield Batch(x.index_select(0, index), index, y)
 
-    def head(self, rows: int) -> Tensor:
-        return self.transforms.prepare(self._raw[:rows])
+    def head(self, rows: int) -> Batch:
+        index = torch.arange(min(rows, len(self._raw)), device=self._raw.device)
+        y = None if self.labels is None else self.labels[: len(index)]
+        return Batch(self.transforms.prepare(self._raw[:rows]), index, y)
+
+
+class SemiSupervisedLoader:
+    """Minibatches for semi-supervised training (M2): each batch holds ``batch_size`` rows of
+    ``unlabelled`` (a loader over the whole training set, labels −1) followed by
+    ``labelled_batch_size`` rows of ``labelled`` (a loader over the few labelled rows).
+
+    An epoch is one pass over the unlabelled loader; the labelled rows follow one another in
+    as many shuffled passes as its batches need, drawn (with the labelled rows' binarization)
+    when the epoch starts, so that a resumed epoch redraws them exactly, as
+    :class:`TensorLoader` does its own order. Both loaders' transforms must be the same.
+    ``index`` of a labelled row counts from the unlabelled loader's size.
+    """
+
+    def __init__(self, unlabelled: TensorLoader, labelled: TensorLoader):
+        if labelled.labels is None or unlabelled.labels is None:
+            raise ValueError("both loaders need labels (−1 for the unlabelled rows)")
+        self.unlabelled, self.labelled = unlabelled, labelled
+        self.batch_size = unlabelled.batch_size + labelled.batch_size
+        self.transforms = unlabelled.transforms
+
+    @property
+    def num_examples(self) -> int:
+        return self.unlabelled.num_examples
+
+    @property
+    def device(self) -> torch.device:
+        return self.unlabelled.device
+
+    def __len__(self) -> int:
+        return len(self.unlabelled)
+
+    def epoch(self, skip: int = 0) -> Iterator[Batch]:
+        unlabelled = self.unlabelled.epoch(skip)
+        size, rows = self.labelled.batch_size, self.labelled.num_examples
+        passes = -(-len(self) * size // rows)
+        order = torch.cat([self.labelled.order() for _ in range(passes)])
+        x = self.labelled.draw()
+        labels = self.labelled.labels
+        assert labels is not None
+        offset = self.unlabelled.num_examples
+        for step, batch in enumerate(unlabelled, start=skip):
+            assert batch.y is not None
+            index = order[step * size : (step + 1) * size]
+            yield Batch(
+                torch.cat((batch.x, x.index_select(0, index))),
+                torch.cat((batch.index, index + offset)),
+                torch.cat((batch.y, labels.index_select(0, index))),
+            )
+
+    def head(self, rows: int) -> Batch:
+        return self.unlabelled.head(rows)

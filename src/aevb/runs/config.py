@@ -126,7 +126,22 @@ class TrainConfig:
         "data",
         default_text="on for tables with a Gaussian likelihood",
     )
+    labels: int | None = setting(
+        None,
+        "semi-supervised training (M2 of Kingma et al. 2014): keep the labels of this many "
+        "training rows, an equal number per class, the rest unlabelled; reports the test "
+        "classification error",
+        "data",
+        default_text="all labels unused (unsupervised), or all used with --conditional",
+        minimum=1,
+    )
     # model
+    conditional: bool = setting(
+        False,
+        "a conditional VAE (Sohn et al. 2015): encoder and decoder also take the class label; "
+        "needs a labelled dataset",
+        "model",
+    )
     architecture: str = setting(
         "mlp",
         "mlp (the paper's) or conv (a DCGAN-style pair, for images)",
@@ -241,6 +256,13 @@ class TrainConfig:
     free_bits: float = setting(
         0.0, "minimum KL per latent dimension in the loss, nats", "objective", minimum=0.0
     )
+    alpha: float = setting(
+        0.1,
+        "weight α of M2's classification term per example (the paper's α / N; each labelled "
+        "row's log q(y|x) then weighs α N / (labelled rows) against its bound)",
+        "objective",
+        minimum=0.0,
+    )
     baseline: str = setting(
         "none",
         "control variate of the score-function estimator: none, or mean (leave-one-out, k ≥ 2)",
@@ -316,6 +338,8 @@ class TrainConfig:
         for name in ("hidden", "channels", "top_hidden"):  # lists after a JSON round trip
             if isinstance(getattr(self, name), list):
                 setattr(self, name, tuple(getattr(self, name)))
+        if self.labels is not None and self.objective == "sgvb-b":
+            self.objective = "m2"  # the default objective, with labels: M2's
         self.check()
 
     # ----------------------------------------------------------------------------- checks
@@ -372,9 +396,18 @@ class TrainConfig:
         problems = []
         defaults = TrainConfig.__dataclass_fields__
         accepted = objective_class(self.objective).options
-        for name in ("samples", "beta", "beta_start", "warmup_steps", "free_bits", "baseline"):
+        for name in (
+            "samples",
+            "beta",
+            "beta_start",
+            "warmup_steps",
+            "free_bits",
+            "baseline",
+            "alpha",
+        ):
             if name not in accepted and getattr(self, name) != defaults[name].default:
                 problems.append(f"--{_flag(name)} does not apply to the {self.objective} objective")
+        problems += self._label_problems()
         if self.free_bits and self.posterior != "diagonal":
             problems.append("free bits need a diagonal posterior, whose KL splits per dimension")
         flow = self.posterior in FLOW_POSTERIORS
@@ -432,6 +465,34 @@ class TrainConfig:
             problems.append("--squash-mean applies to --likelihood gaussian-learned only")
         return problems
 
+    def _label_problems(self) -> list[str]:
+        problems = []
+        if self.objective == "m2" and self.labels is None:
+            problems.append("the m2 objective is semi-supervised: give --labels N")
+        if self.labels is not None and self.objective != "m2":
+            problems.append(
+                f"--labels trains the semi-supervised M2 model; it does not take the "
+                f"{self.objective} objective"
+            )
+        if self.labels is not None and self.conditional:
+            problems.append(
+                "--labels (semi-supervised M2) and --conditional (every label known) exclude "
+                "each other; M2's model is conditional already"
+            )
+        if self.conditional or self.labels is not None:
+            kind = "a conditional model" if self.conditional else "M2"
+            if self.architecture != "mlp":
+                problems.append(f"{kind} is built with --architecture mlp only")
+            if self.prior == "vamp":
+                problems.append(
+                    f"{kind} does not take --prior vamp (its pseudo-inputs have no labels)"
+                )
+            if self.top_latent_dim is not None:
+                problems.append(f"{kind} has one stochastic layer (no --top-latent-dim)")
+            if self.objective in ("wake-sleep", "mcem", "autoencoder"):
+                problems.append(f"{kind} does not take the {self.objective} objective")
+        return problems
+
     def check_custom_model(self) -> None:
         """Refuse settings of the built-in architectures for a run with its own model factory
         (its arguments describe the model)."""
@@ -482,8 +543,9 @@ class TrainConfig:
             flow_hidden=flow_hidden,
         )
 
-    def model_spec(self, data_shape: tuple[int, ...]) -> ModelSpec:
-        """The built-in factory call that this (resolved) config describes."""
+    def model_spec(self, data_shape: tuple[int, ...], num_classes: int | None = None) -> ModelSpec:
+        """The built-in factory call that this (resolved) config describes; ``num_classes``
+        of the labels, for a conditional or semi-supervised model."""
         arguments: dict[str, Any] = {
             "data_shape": list(data_shape),
             "latent_dim": self.latent_dim,
@@ -497,6 +559,13 @@ class TrainConfig:
             "prior": self.prior,
             "prior_components": self.prior_components,
         }
+        if self.conditional or self.labels is not None:
+            if num_classes is None:
+                raise ConfigError("a conditional model needs the number of classes")
+            arguments["num_classes"] = num_classes
+            if self.labels is not None:
+                arguments["semi_supervised"] = True
+                arguments["classifier_hidden"] = list(self.hidden)
         if self.top_latent_dim is not None:
             arguments["top_latent_dim"] = self.top_latent_dim
             arguments["top_hidden"] = list(self.top_hidden)

@@ -45,8 +45,9 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from aevb.builders import ModelSpec
+from aevb.conditional import UNLABELLED, bind, checked_labels, is_conditional
 from aevb.data.datasets import Dataset, load_dataset
-from aevb.data.loaders import TensorLoader
+from aevb.data.loaders import Loader, SemiSupervisedLoader, TensorLoader
 from aevb.data.transforms import Transforms, choose_transforms
 from aevb.devices import resolve_device
 from aevb.diagnostics import warn_if_collapsed
@@ -55,7 +56,7 @@ from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, Train
 from aevb.evaluation import Evaluation, evaluate, log_likelihood_per_example
 from aevb.limits import TRAINING_COPIES
 from aevb.models import VAE
-from aevb.objectives import Objective, make_objective
+from aevb.objectives import Objective, held_out_metrics, make_objective
 from aevb.plots import write_image_plots
 from aevb.runs.config import TrainConfig, setting_fields
 from aevb.storage import (
@@ -104,6 +105,8 @@ BEST = "checkpoints/best.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 SPLITS = ("train", "val", "test")
+# Rows classified at once by Run.classification_error.
+CLASSIFY_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,10 @@ def start_run(
         dataset = _load(config, progress)
     if model is None:
         config = config.resolved_for(dataset)
-        model = config.model_spec(dataset.event_shape)
+        classes = None
+        if config.conditional or config.labels is not None:
+            classes = num_classes(dataset)
+        model = config.model_spec(dataset.event_shape, classes)
     device = resolve_device(config.device)
     network = _build(model, config, device, len(dataset.train))
     binary_likelihood, eight_bit_likelihood = _likelihood_values(network, dataset)
@@ -391,11 +397,89 @@ def _likelihood_values(model: VAE, dataset: Dataset) -> tuple[bool, bool]:
     like = torch.zeros(1, *dataset.event_shape, device=next(model.parameters()).device)
     with torch.no_grad():
         try:
-            likelihood = model.likelihood(like.new_zeros(1, model.latent_dim))
+            label = torch.zeros(1, dtype=torch.long, device=like.device)
+            first = bind(model, label if is_conditional(model) else None)
+            likelihood = first.likelihood(like.new_zeros(1, model.latent_dim))
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             raise ConfigError(f"the model's decoder failed on a latent vector: {error}") from error
     eight_bit = support_is_eight_bit(likelihood)
     return (not eight_bit and support_is_binary(likelihood, like)), eight_bit
+
+
+def num_classes(dataset: Dataset) -> int:
+    """The number of classes of a labelled dataset (largest label + 1, at least 2)."""
+    labels = [split_labels(dataset, name) for name in SPLITS if len(dataset.split(name))]
+    classes = max(int(values.max()) + 1 for values in labels if len(values))
+    if classes < 2:
+        raise DataError(f"{dataset.name} has a single class; labels need at least two")
+    return classes
+
+
+def split_labels(dataset: Dataset, split: str) -> Tensor:
+    """The labels (N,) int64 of one split; refused for a dataset without labels."""
+    values = getattr(dataset, f"{split}_labels")
+    if values is None:
+        raise DataError(
+            f"{dataset.name} has no class labels, which a conditional or semi-supervised model "
+            "needs (labelled datasets: mnist, fashion-mnist, digits)"
+        )
+    labels = torch.from_numpy(np.asarray(values)).long()
+    if len(labels) and int(labels.min()) < 0:
+        raise DataError(f"{dataset.name}'s {split} labels must be class indices ≥ 0")
+    return labels
+
+
+def labelled_rows(labels: np.ndarray, count: int, classes: int, seed: int) -> np.ndarray:
+    """Positions of ``count`` training rows whose labels M2 keeps: an equal number per class
+    (the first ``count`` mod C classes one more), drawn with ``seed``, sorted."""
+    if count < classes:
+        raise ConfigError(f"--labels {count} keeps fewer labels than the {classes} classes")
+    generator = np.random.default_rng(seed)
+    chosen = []
+    for label in range(classes):
+        wanted = count // classes + (label < count % classes)
+        rows = np.flatnonzero(labels == label)
+        if len(rows) < wanted:
+            raise ConfigError(
+                f"--labels {count} wants {wanted} rows of class {label}, which has {len(rows)}"
+            )
+        chosen.append(generator.choice(rows, wanted, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def training_loader(
+    config: TrainConfig,
+    dataset: Dataset,
+    transforms: Transforms,
+    device: torch.device,
+    conditional: bool,
+) -> Loader:
+    """The run's training batches: rows alone, rows with their labels (a conditional
+    model), or for M2 (``config.labels``) the unlabelled rows with a batch of the few
+    labelled ones added to each (:class:`aevb.data.SemiSupervisedLoader`)."""
+    x = torch.from_numpy(dataset.train).to(device)
+    if not conditional:
+        return TensorLoader(x, config.batch_size, transforms)
+    labels = split_labels(dataset, "train").to(device)
+    if config.labels is None:
+        return TensorLoader(x, config.batch_size, transforms, labels=labels)
+    classes = num_classes(dataset)
+    keep = labelled_rows(labels.cpu().numpy(), config.labels, classes, config.seed)
+    if len(keep) >= len(x):
+        raise ConfigError(f"--labels {config.labels} leaves no unlabelled training rows")
+    kept = torch.from_numpy(keep).to(device)
+    rest = torch.ones(len(x), dtype=torch.bool, device=device)
+    rest[kept] = False
+    unlabelled = TensorLoader(
+        x[rest],
+        config.batch_size,
+        transforms,
+        labels=torch.full((int(rest.sum()),), UNLABELLED, dtype=torch.long, device=device),
+    )
+    labelled = TensorLoader(
+        x[kept], min(config.batch_size, len(keep)), transforms, labels=labels[kept]
+    )
+    return SemiSupervisedLoader(unlabelled, labelled)
 
 
 class RunSession:
@@ -428,12 +512,12 @@ class RunSession:
             config.lr,
             config.weight_decay,
         )
-        self.loader = TensorLoader(
-            torch.from_numpy(dataset.train).to(device), config.batch_size, transforms
-        )
+        self.conditional = is_conditional(model)
+        self.loader = training_loader(config, dataset, transforms, device, self.conditional)
         self.val_x = _prepared(transforms, dataset.val, device)
+        self.val_labels = self._labels("val", device)
         log_det = transforms.log_abs_det_jacobian
-        own: list[Callback] = [Validation(self.val_x, log_det)]
+        own: list[Callback] = [Validation(self.val_x, log_det, self.val_labels)]
         if config.patience is not None:
             own.append(EarlyStopping(config.patience))
         # The metrics file before the checkpoint: a kill between the two writes leaves a
@@ -474,7 +558,9 @@ class RunSession:
         cuda = [device] if device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             try:
-                loss = self.objective(self.trainer.model, self.loader.head(2)).loss
+                head = self.loader.head(2)
+                model = bind(self.trainer.model, head.y)
+                loss = self.objective(model, head.x).loss
             except (RuntimeError, ValueError, TypeError, IndexError) as error:
                 if isinstance(error, AevbError):
                     raise
@@ -565,8 +651,10 @@ class RunSession:
             model.load_state_dict(load_weights(self.run_dir / BEST))
         transforms = self.record.transforms
         test_x = _prepared(transforms, self.dataset.test, self.trainer.device)
+        test_labels = self._labels("test", self.trainer.device)
         metrics = in_data_units(
-            self.objective.metrics(model, test_x), transforms.log_abs_det_jacobian
+            held_out_metrics(self.objective, model, test_x, test_labels),
+            transforms.log_abs_det_jacobian,
         )
         if "active_units" in metrics:
             warn_if_collapsed(metrics["active_units"], model.latent_dim)
@@ -587,8 +675,14 @@ class RunSession:
         )
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         if self.dataset.is_image:
-            write_image_plots(self.run_dir, model, test_x, transforms.inverse)
+            write_image_plots(self.run_dir, model, test_x, transforms.inverse, labels=test_labels)
         return summary
+
+    def _labels(self, split: str, device: torch.device) -> Tensor | None:
+        """The labels of a held-out split, for a conditional model (else ``None``)."""
+        if not self.conditional:
+            return None
+        return split_labels(self.dataset, split).to(device)
 
 
 def _prepared(transforms: Transforms, rows: np.ndarray, device: torch.device) -> Tensor:
@@ -671,9 +765,21 @@ class Run:
         self.transforms.check(x, where)
         return self.transforms.prepare(x.float()).to(self.device)
 
-    def evaluate(self, x: np.ndarray | Tensor, **options: Any) -> Evaluation:
-        """:func:`aevb.evaluation.evaluate` of rows as loaded, in the data's units."""
-        result = evaluate(self.model, self.prepare(x), **options)
+    def labels(self, name: str, limit: int | None = None) -> Tensor:
+        """The class labels (N,) int64 of the first ``limit`` rows of split ``name`` (for a
+        conditional model's :meth:`evaluate`, :meth:`encode`, :meth:`reconstruct`)."""
+        self.split(name, limit)  # checks the split is the run's own
+        assert self._dataset is not None
+        return split_labels(self._dataset, name)[:limit]
+
+    def _checked_labels(self, labels: Any, rows: int) -> Tensor | None:
+        checked = checked_labels(self.model, labels, rows)
+        return None if checked is None else checked.to(self.device)
+
+    def evaluate(self, x: np.ndarray | Tensor, labels: Any = None, **options: Any) -> Evaluation:
+        """:func:`aevb.evaluation.evaluate` of rows as loaded, in the data's units (given
+        their ``labels`` for a conditional model)."""
+        result = evaluate(self.model, self.prepare(x), labels=labels, **options)
         return result.in_data_units(self.transforms.log_abs_det_jacobian)
 
     def log_likelihood_per_example(
@@ -682,26 +788,65 @@ class Run:
         importance_samples: int = 1000,
         seed: int = 0,
         where: str = "the data",
+        labels: Any = None,
     ) -> Tensor:
-        """Each row's importance-sampled log p(x), nats (float64), in the data's units."""
+        """Each row's importance-sampled log p(x) (log p(x|y) given ``labels`` for a
+        conditional model), nats (float64), in the data's units."""
         x = self.prepare(x, where)
-        values = log_likelihood_per_example(self.model, x, importance_samples, seed)
+        values = log_likelihood_per_example(self.model, x, importance_samples, seed, labels)
         return values + self.transforms.log_abs_det_jacobian
 
     @torch.no_grad()
-    def encode(self, x: np.ndarray | Tensor, where: str = "the data") -> Distribution:
-        """q(z|x) of rows as loaded."""
-        return self.model.posterior(self.prepare(x, where))
+    def encode(
+        self, x: np.ndarray | Tensor, where: str = "the data", labels: Any = None
+    ) -> Distribution:
+        """q(z|x) (q(z|x, y) for a conditional model, given ``labels``) of rows as loaded."""
+        x = self.prepare(x, where)
+        return bind(self.model, self._checked_labels(labels, len(x))).posterior(x)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True) -> Tensor:
-        """Ancestral samples (decoder means unless ``mean=False``) in the data's units."""
-        return self.transforms.inverse(self.model.sample(num_samples, mean=mean))
+    def sample(self, num_samples: int, mean: bool = True, label: Any = None) -> Tensor:
+        """Ancestral samples (decoder means unless ``mean=False``) in the data's units; a
+        conditional model draws class ``label`` (an int, or one label per sample; by default
+        the classes in turn)."""
+        if not is_conditional(self.model):
+            if label is not None:
+                raise AevbError(
+                    f"the model in {self.run_dir} is not conditional: it takes no label"
+                )
+            return self.transforms.inverse(self.model.sample(num_samples, mean=mean))
+        classes = self.model.num_classes
+        if isinstance(label, Integral) and not isinstance(label, bool):
+            if not 0 <= label < classes:
+                raise AevbError(f"label must be a class in 0…{classes - 1}, got {label}")
+        try:
+            samples = self.model.sample(num_samples, mean=mean, label=label)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise AevbError(str(error)) from error
+        return self.transforms.inverse(samples)
 
     @torch.no_grad()
-    def reconstruct(self, x: np.ndarray | Tensor) -> Tensor:
-        """Decoder means at the posterior means of rows as loaded, in the data's units."""
-        return self.transforms.inverse(self.model.reconstruct(self.prepare(x)))
+    def classification_error(self, x: np.ndarray | Tensor, labels: Any) -> float:
+        """Share of rows as loaded whose most probable class under a semi-supervised model's
+        classifier q(y|x) is not their label."""
+        classify = getattr(self.model, "classify", None)
+        if classify is None:
+            raise AevbError(f"the model in {self.run_dir} has no classifier (train with --labels)")
+        x = self.prepare(x)
+        truth = self._checked_labels(labels, len(x))
+        errors = 0
+        for start in range(0, len(x), CLASSIFY_BATCH):
+            predicted = classify(x[start : start + CLASSIFY_BATCH]).logits.argmax(-1)
+            errors += int((predicted != truth[start : start + CLASSIFY_BATCH]).sum())
+        return errors / len(x)
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray | Tensor, labels: Any = None) -> Tensor:
+        """Decoder means at the posterior means of rows as loaded (given their ``labels`` for
+        a conditional model), in the data's units."""
+        x = self.prepare(x)
+        model = bind(self.model, self._checked_labels(labels, len(x)))
+        return self.transforms.inverse(model.reconstruct(x))
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> Run:

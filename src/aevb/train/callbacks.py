@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aevb.evaluation import LOG_DENSITIES
+from aevb.objectives import held_out_metrics
 from aevb.storage import atomic_write_text
 from aevb.train import checkpoint as ckpt
 
@@ -78,18 +79,21 @@ class Callback:
 
 class Validation(Callback):
     """Adds ``val_<metric>`` to each epoch's record: the objective's held-out metrics
-    (:meth:`aevb.objectives.Objective.metrics`) on ``x`` (in the model's space), with
+    (:meth:`aevb.objectives.Objective.metrics`) on ``x`` (in the model's space; ``labels``
+    (N,) for a conditional model), with
     ``log_abs_det_jacobian`` added to its log-densities so they are in the data's units."""
 
-    def __init__(self, x: Tensor, log_abs_det_jacobian: float = 0.0):
+    def __init__(self, x: Tensor, log_abs_det_jacobian: float = 0.0, labels: Tensor | None = None):
         self.x = x
         self.log_abs_det_jacobian = log_abs_det_jacobian
+        self.labels = labels
 
     def on_validation(self, trainer: Trainer, record: dict) -> None:
         if len(self.x) == 0:
             return
         metrics = in_data_units(
-            trainer.objective.metrics(trainer.model, self.x), self.log_abs_det_jacobian
+            held_out_metrics(trainer.objective, trainer.model, self.x, self.labels),
+            self.log_abs_det_jacobian,
         )
         for name in trainer.objective.reported:
             if name in metrics:

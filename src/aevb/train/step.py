@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aevb.conditional import bind
 from aevb.models import VAE
 from aevb.objectives import Objective
 
@@ -55,16 +56,22 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 
 def training_loss(
-    model: VAE, objective: Objective, x: Tensor, beta: Tensor, precision: str = "float32"
+    model: VAE,
+    objective: Objective,
+    x: Tensor,
+    beta: Tensor,
+    precision: str = "float32",
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The differentiable part of a training step, compiled on the fast path.
 
     x: (batch, *data_shape); ``beta`` the KL weight, a 0-dim tensor on x's device (a tensor,
-    so that a warm-up does not recompile). Returns the loss to minimise (nats per example) and
-    the batch's summed (ELBO, reconstruction, KL, rows), (4,), detached.
+    so that a warm-up does not recompile); ``labels`` (batch,) for a conditional model, bound
+    to it here. Returns the loss to minimise (nats per example) and the batch's summed (ELBO,
+    reconstruction, KL, rows), (4,), detached.
     """
     with autocast(x.device, precision):
-        terms = objective(model, x, beta)
+        terms = objective(bind(model, labels), x, beta)
     values = (terms.elbo, terms.reconstruction, terms.kl, torch.ones_like(terms.elbo))
     return terms.loss, torch.stack(values).detach() * x.shape[0]
 

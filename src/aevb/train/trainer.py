@@ -36,12 +36,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aevb.conditional import bind
 from aevb.data.loaders import Loader
 from aevb.distributions import is_factorised
 from aevb.errors import NumericalFault, TrainingInterrupted
 from aevb.heads import LOG_VARIANCE_RANGE
 from aevb.models import VAE
-from aevb.objectives import Objective, warn_if_warmup_incomplete
+from aevb.objectives import Objective, held_out_metrics, warn_if_warmup_incomplete
 from aevb.train import checkpoint as ckpt
 from aevb.train.callbacks import Callback
 from aevb.train.step import CompiledStep, should_compile, training_loss
@@ -135,7 +136,8 @@ class Trainer:
         self._clock: float | None = None
         # Decided once, eagerly, before any (compiled) step: the KL rule, per-datapoint state.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            objective.prepare(model, data.head(2), data.num_examples)
+            head = data.head(2)
+            objective.prepare(bind(model, head.y), head.x, data.num_examples)
 
     # ----------------------------------------------------------------------------- loop
     @property
@@ -195,13 +197,13 @@ class Trainer:
         objective = self.objective
         beta = torch.tensor(objective.kl_weight(state.step), device=self.device)
         self.model.train()
-        for x, index in batches:
+        for x, index, labels in batches:
             if state.step <= objective.warmup_steps:  # β changes only during the warm-up
                 beta.fill_(objective.kl_weight(state.step))
             if objective.custom_update:
                 self._epoch_sums += objective.update(self, x, index)
             else:
-                batch_sums = self._gradient_step(x, beta, parameters, nonfinite, one)
+                batch_sums = self._gradient_step(x, beta, parameters, nonfinite, one, labels)
                 self._epoch_sums += torch.where(nonfinite > 0, 0.0, batch_sums)
                 self._fault_flags[state.step_in_epoch] = nonfinite
             if self.scheduler is not None:
@@ -221,12 +223,20 @@ class Trainer:
         return self._end_epoch()
 
     def _gradient_step(
-        self, x: Tensor, beta: Tensor, parameters: list, nonfinite: Tensor, one: Tensor
+        self,
+        x: Tensor,
+        beta: Tensor,
+        parameters: list,
+        nonfinite: Tensor,
+        one: Tensor,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """Forward, backward, the on-device finiteness check and the optimiser step."""
         assert self.training_step is not None
         self.optimizer.zero_grad(set_to_none=True)
-        loss, batch_sums = self.training_step(self.model, self.objective, x, beta, self.precision)
+        loss, batch_sums = self.training_step(
+            self.model, self.objective, x, beta, self.precision, labels
+        )
         # On the device: nonfinite = 1.0 if the loss or any gradient is NaN or ±inf. The
         # multi-tensor check is the one GradScaler uses (0.09 ms for the MNIST model on two
         # cores; grads are multiplied by 1).
@@ -339,7 +349,7 @@ class Trainer:
         reference = state.reference_value
         if not self.divergence_guard or value is None or reference is None:
             return None
-        size = math.prod(self.data.head(1).shape[1:])
+        size = math.prod(self.data.head(1).x.shape[1:])
         limit = reference - DIVERGENCE_FACTOR * max(abs(reference), size)
         if value >= limit:
             return None
@@ -356,8 +366,9 @@ class Trainer:
     def _judged_value_now(self) -> float | None:
         """The judged metric of the model as it is, on the first training rows (data units);
         ``None`` for an objective without held-out metrics (Monte Carlo EM)."""
-        x = self.data.head(DIAGNOSIS_ROWS)
-        value = self.objective.metrics(self.model, x).get(self.objective.judged_by)
+        x, _, labels = self.data.head(DIAGNOSIS_ROWS)
+        metrics = held_out_metrics(self.objective, self.model, x, labels)
+        value = metrics.get(self.objective.judged_by)
         return None if value is None else value + self.data.transforms.log_abs_det_jacobian
 
     @torch.no_grad()
@@ -365,8 +376,9 @@ class Trainer:
         """Why training keeps producing non-finite values, as far as the model can tell."""
         state = self.state
         findings = []
-        x = self.data.head(DIAGNOSIS_ROWS)
-        posterior = self.model.posterior(x)
+        x, _, labels = self.data.head(DIAGNOSIS_ROWS)
+        model = bind(self.model, labels)
+        posterior = model.posterior(x)
         if is_factorised(posterior):
             log_variance = 2 * posterior.base_dist.scale.log()
             low, high = log_variance.min().item(), log_variance.max().item()
@@ -376,7 +388,7 @@ class Trainer:
                 + (f" and reach the edge of their range {LOG_VARIANCE_RANGE}" if edge < 1 else "")
             )
         if not self.objective.custom_update:
-            loss = self.objective(self.model, x).loss
+            loss = self.objective(model, x).loss
             finding = f"the loss on {len(x)} training rows is {loss.item():.4g}"
             if not loss.isfinite():
                 finding += ", so the parameters themselves are at fault, not one batch"
@@ -402,7 +414,7 @@ class Trainer:
         values["kl"] = kl / rows
         self.check_state(values[self.objective.judged_by])
         record: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step}
-        record.update({f"train_{m}": values[m] for m in self.objective.reported})
+        record.update({f"train_{m}": values[m] for m in self.objective.reported if m in values})
         record.update(self.objective.epoch_metrics())
         skipped = [s for s in state.nonfinite_steps if s > state.step - self.steps_per_epoch]
         if skipped:
