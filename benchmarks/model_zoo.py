@@ -31,6 +31,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "vamp": {**ONE_LAYER, "prior": "vamp"},
     "iaf": {**ONE_LAYER, "posterior": "iaf", "flow_steps": 2},
     "planar": {**ONE_LAYER, "posterior": "planar", "flow_steps": 10},
+    # The two-layer model's lower half alone: its one-layer control at equal width.
+    "vae-narrow": {"latent_dim": 100, "hidden": (100, 100)},
     "two-layer": {"latent_dim": 100, "hidden": (100, 100), "top_latent_dim": 50},
     "two-layer-iwae5": {
         "latent_dim": 100,
@@ -47,6 +49,7 @@ PUBLISHED = {
     "vamp": "−85.57 (Tomczak & Welling 2018, 1 layer)",
     "iaf": "−79.10 (Kingma et al. 2016, ResNet VAE + IAF)",
     "planar": "−85.10 (Rezende & Mohamed 2015, K = 10; deep Gaussian model)",
+    "vae-narrow": "— (control: the two-layer model's lower half as a one-layer VAE)",
     "two-layer": "−85.33 (Burda et al., VAE k=1, 2 layers)",
     "two-layer-iwae5": "−83.89 (Burda et al., IWAE k=5, 2 layers)",
 }

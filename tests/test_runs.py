@@ -552,3 +552,22 @@ def test_a_run_on_a_cut_training_set_can_still_be_evaluated(tmp_path, digits, qu
     run = load_run(tmp_path / "run")
     assert len(run.split("test")) == len(digits.test)
     assert np.isfinite(run.evaluate(run.split("test"), importance_samples=5).log_likelihood)
+
+
+def test_checkpoints_of_a_run_made_before_a_setting_existed_still_belong(tmp_path, quick_config):
+    """A checkpoint from an older aevb lists every setting of its day (defaults included) and
+    none added since: its run still opens and resumes."""
+    run_dir = tmp_path / "run"
+    train(dataclasses.replace(quick_config, epochs=1), run_dir, progress=False)
+    for name in ("last", "best"):
+        path = run_dir / "checkpoints" / f"{name}.safetensors"
+        tensors, metadata = checkpoints.load_checkpoint(path)
+        old = dict(metadata["run"]["train"])
+        for key in ("labels", "alpha", "conditional", "top_latent_dim"):  # added later
+            old.pop(key, None)
+        old["free_bits"] = 0.0  # a default recorded in full, as older versions did
+        metadata["run"] = {**metadata["run"], "train": old}
+        checkpoints.save_checkpoint(path, tensors, metadata)
+    load_run(run_dir)
+    summary = resume(run_dir, epochs=2, progress=False)
+    assert summary["epochs"] == 2

@@ -132,7 +132,7 @@ class RunRecord:
         values = self.to_dict()
         resumable = {f.name for f in setting_fields() if f.metadata["resumable"]}
         values["train"] = {k: v for k, v in values["train"].items() if k not in resumable}
-        return values
+        return comparable_identity(values)
 
     def check_data(self, dataset: Dataset, run_dir: Path, splits: Sequence[str] = SPLITS) -> None:
         """Refuse ``dataset`` unless its ``splits`` are those the run was trained with (same
@@ -165,6 +165,24 @@ class RunRecord:
             "custom_model": self.custom_model,
             "data": {**self.data, "transforms": self.transforms.to_list()},
         }
+
+
+def comparable_identity(identity: Any) -> Any:
+    """A run identity without the settings at their declared defaults, so that a setting
+    added to aevb later (absent from an older checkpoint's identity, at its default now) does
+    not make the run's own checkpoints look foreign."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("train"), dict):
+        return identity
+    defaults = {
+        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+        for f in setting_fields()
+    }
+    train = {
+        key: value
+        for key, value in identity["train"].items()
+        if key not in defaults or value != defaults[key]
+    }
+    return {**identity, "train": train}
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
@@ -572,7 +590,7 @@ class RunSession:
         """Continue from the checkpoint at ``path``, which must be this run's."""
         tensors, metadata = ckpt.load_checkpoint(path)
         try:
-            self.checkpoints.check_identity(metadata.get("run"))
+            self.checkpoints.check_identity(comparable_identity(metadata.get("run")))
             self.trainer.restore(tensors, metadata)
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             raise AevbError(f"checkpoint {path} does not fit this run: {error}") from error
@@ -879,8 +897,9 @@ def _check_belongs(path: Path, record: RunRecord, run_dir: Path) -> dict[str, Te
     """The tensors of the checkpoint at ``path``, refused unless it is sound and was written
     by the run ``record`` describes."""
     tensors, metadata = ckpt.load_checkpoint(path)
-    if metadata.get("run") != record.identity():
-        changed = differences(metadata.get("run"), record.identity())
+    saved = comparable_identity(metadata.get("run"))
+    if saved != record.identity():
+        changed = differences(saved, record.identity())
         raise AevbError(
             f"{path} does not belong to the run in {run_dir}: it was written by another run, "
             f"or {CONFIG_FILE} was edited since ({'; '.join(changed[:5])})"
