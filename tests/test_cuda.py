@@ -86,15 +86,21 @@ def test_evaluation_on_the_gpu_agrees_with_the_cpu(tmp_path, digits, quick_confi
         {"architecture": "conv", "channels": (8, 16)},
         {"prior": "vamp", "prior_components": 20},
         {"precision": "bf16"},
+        {"posterior": "iaf"},
+        {"posterior": "planar"},
+        {"top_latent_dim": 4},
+        {"conditional": True, "compile": True},
+        {"labels": 50, "compile": True},
     ],
-    ids=["conv", "vamp", "bf16"],
+    ids=["conv", "vamp", "bf16", "iaf", "planar", "two-layer", "conditional", "m2"],
 )
 def test_the_model_family_trains_on_the_gpu(tmp_path, digits, quick_config, changes):
     config = dataclasses.replace(quick_config, epochs=2, device="cuda", **changes)
     summary = train(config, tmp_path / "run", dataset=digits, progress=False)
     assert np.isfinite(summary["test_elbo"])
     run = load_run(tmp_path / "run", device="cuda")
-    result = run.evaluate(run.split("test"), importance_samples=50)
+    labels = run.labels("test") if config.conditional or config.labels else None
+    result = run.evaluate(run.split("test"), importance_samples=50, labels=labels)
     assert result.elbo_a < result.log_likelihood
 
 
