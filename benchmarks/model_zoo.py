@@ -34,6 +34,12 @@ ROWS: dict[str, dict[str, Any]] = {
     # The two-layer model's lower half alone: its one-layer control at equal width.
     "vae-narrow": {"latent_dim": 100, "hidden": (100, 100)},
     "two-layer": {"latent_dim": 100, "hidden": (100, 100), "top_latent_dim": 50},
+    "two-layer-ladder": {
+        "latent_dim": 100,
+        "hidden": (100, 100),
+        "top_latent_dim": 50,
+        "ladder": True,
+    },
     "two-layer-iwae5": {
         "latent_dim": 100,
         "hidden": (100, 100),
@@ -51,6 +57,7 @@ PUBLISHED = {
     "planar": "−85.10 (Rezende & Mohamed 2015, K = 10; deep Gaussian model)",
     "vae-narrow": "— (control: the two-layer model's lower half as a one-layer VAE)",
     "two-layer": "−85.33 (Burda et al., VAE k=1, 2 layers)",
+    "two-layer-ladder": "— (Sønderby et al. 2016 train with batch norm and KL warm-up: not this setting)",
     "two-layer-iwae5": "−83.89 (Burda et al., IWAE k=5, 2 layers)",
 }
 

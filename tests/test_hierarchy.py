@@ -151,3 +151,104 @@ def test_two_layer_runs_train_resume_and_evaluate_from_the_cli(tmp_path, capsys)
     assert main([*evaluated, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["log_likelihood"] > result["elbo"] and result["kl_estimator"] == "Monte Carlo"
+
+
+# ---------------------------------------------------------------------------- the ladder
+def test_precision_weighting_is_the_normalised_product_of_the_two_gaussians():
+    from aevb.distributions import diagonal_gaussian
+    from aevb.hierarchy import precision_weighted
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (5, 3)
+    mu_hat, mu_p, z = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "abc")
+    lv_hat, lv_p = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in "ab")
+    merged = precision_weighted(diagonal_gaussian(mu_hat, lv_hat), diagonal_gaussian(mu_p, lv_p))
+    s_hat, s_p = (0.5 * lv_hat).exp().numpy(), (0.5 * lv_p).exp().numpy()
+    z, mu_hat, mu_p = z.numpy(), mu_hat.numpy(), mu_p.numpy()
+    product = (
+        stats.norm.logpdf(z, mu_hat, s_hat)
+        + stats.norm.logpdf(z, mu_p, s_p)
+        - stats.norm.logpdf(mu_hat, mu_p, np.sqrt(s_hat**2 + s_p**2))
+    ).sum(-1)
+    log_q = merged.log_prob(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(log_q, product, rtol=0, atol=1e-12)
+
+
+def _ladder_model(w=1.7, b=0.3, sigma=0.5, a=0.8, s1=0.6):
+    """A float64 ladder model, every part linear: z₂ ~ N(0, 1), z₁|z₂ ~ N(a z₂, s₁²),
+    x|z₁ ~ N(w z₁ + b, σ²), with the exact posterior: the encoder's estimate of z₁ is the
+    likelihood's N((x − b)/w, σ²/w²), so its merge with p(z₁|z₂) is p(z₁|z₂, x), and q(z₂|x)
+    is p(z₂|x). Returns the model and the exact marginal N(x; b, w²(a² + s₁²) + σ²)."""
+    model = mlp(
+        (1,),
+        latent_dim=1,
+        hidden=(),
+        likelihood="gaussian",
+        likelihood_std=sigma,
+        top_latent_dim=1,
+        top_hidden=(),
+        ladder=True,
+    ).double()
+    c, v = w * a, w**2 * s1**2 + sigma**2  # x|z₂ ~ N(c z₂ + b, v)
+    with torch.no_grad():
+        encoder = model.encoder.network.layers[0]
+        encoder.weight.copy_(torch.tensor([[1 / w], [0.0]], dtype=torch.float64))
+        encoder.bias.copy_(torch.tensor([-b / w, np.log(sigma**2 / w**2)], dtype=torch.float64))
+        upward = model.encoder.head.upward.layers[0]  # (μ̂₁, log σ̂₁²) → q(z₂|x)
+        upward.weight.copy_(
+            torch.tensor([[c * w / (v + c**2), 0.0], [0.0, 0.0]], dtype=torch.float64)
+        )
+        upward.bias.copy_(torch.tensor([0.0, -np.log(1 + c**2 / v)], dtype=torch.float64))
+        downward = model.prior.downward.layers[0]
+        downward.weight.copy_(torch.tensor([[a], [0.0]], dtype=torch.float64))
+        downward.bias.copy_(torch.tensor([0.0, np.log(s1**2)], dtype=torch.float64))
+        decoder = model.decoder.network[1].layers[0]
+        decoder.weight.copy_(torch.tensor([[w]], dtype=torch.float64))
+        decoder.bias.copy_(torch.tensor([b], dtype=torch.float64))
+    marginal = stats.norm(b, np.sqrt(w**2 * (a**2 + s1**2) + sigma**2))
+    return model, marginal
+
+
+def test_the_ladder_with_its_exact_posterior_gives_the_exact_log_likelihood():
+    model, marginal = _ladder_model()
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+    result = evaluate(model, x, importance_samples=50, float64=True)
+    exact = marginal.logpdf(x.numpy()[:, 0]).mean()
+    # Every importance weight is p(x): estimator A and the estimate are exact.
+    assert result.log_likelihood == pytest.approx(exact, abs=1e-9)
+    assert result.elbo_a == pytest.approx(exact, abs=1e-9)
+    assert result.active_units_per_layer is not None
+
+
+def test_the_ladder_density_integrates_to_one_and_matches_its_draws():
+    torch.manual_seed(0)
+    model = mlp((3,), latent_dim=1, hidden=(4,), top_latent_dim=1, top_hidden=(4,), ladder=True)
+    model = model.double()
+    x = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
+    posterior = model.posterior(x)
+    grid = torch.linspace(-9, 9, 721, dtype=torch.float64)
+    z1, z2 = torch.meshgrid(grid, grid, indexing="ij")
+    points = torch.stack((z1, z2), -1).reshape(-1, 1, 2)
+    step = float(grid[1] - grid[0])
+    total = posterior.log_prob(points).exp().sum().item() * step**2
+    assert total == pytest.approx(1.0, abs=1e-6)
+    draws, log_q = posterior.rsample_and_log_prob((200,))
+    torch.testing.assert_close(log_q, posterior.log_prob(draws), atol=1e-12, rtol=0)
+
+
+def test_the_ladder_shares_the_priors_network_and_trains_from_the_cli(tmp_path, capsys):
+    model = mlp((4,), latent_dim=3, hidden=(8,), top_latent_dim=2, top_hidden=(5,), ladder=True)
+    names = [name for name, _ in model.named_parameters()]
+    assert sum("downward" in name for name in names) == 4  # once: the prior's (two layers)
+    with pytest.raises(ConfigError, match="give --top-latent-dim"):
+        TrainConfig(ladder=True)
+    run = tmp_path / "ladder"
+    args = ["train", "--top-latent-dim", "2", "--ladder", "--epochs", "2", "--out", str(run)]
+    assert main([*args, *QUICK]) == 0
+    capsys.readouterr()
+    assert (
+        main(["evaluate", str(run), "--importance-samples", "20", "--json", "--no-progress"]) == 0
+    )
+    values = json.loads(capsys.readouterr().out)
+    assert values["log_likelihood"] > values["elbo"]
+    assert len(values["active_units_per_layer"]) == 2

@@ -43,6 +43,7 @@ from aevb.flows import (
 from aevb.hierarchy import (
     DEFAULT_TOP_HIDDEN,
     FirstUnits,
+    LadderPosteriorHead,
     TwoLayerPosteriorHead,
     TwoLayerPrior,
 )
@@ -363,6 +364,8 @@ def _assemble(
         prior_module = make_prior(prior, latent_dim, encoder, data_shape, prior_components)
     else:
         prior_module = TwoLayerPrior((latent_dim, top.latent_dim), top.hidden, top.activation)
+        if isinstance(posterior, LadderPosteriorHead):
+            posterior.attach(prior_module)
     parts: list[nn.Module] = [encoder, decoder, prior_module]
     if labels is not None and labels.classifier is not None:
         parts.append(labels.classifier)
@@ -418,11 +421,13 @@ def _labels(
 @dataclass(frozen=True)
 class TopLayer:
     """A second stochastic layer z₂ of ``latent_dim`` units above z₁, with MLPs of ``hidden``
-    layers between them both ways (Burda et al. 2015's two-layer models)."""
+    layers between them both ways (Burda et al. 2015's two-layer models); ``ladder``: the
+    ladder's top-down inference (Sønderby et al. 2016)."""
 
     latent_dim: int
     hidden: tuple[int, ...]
     activation: str
+    ladder: bool = False
 
 
 def _top_layer(
@@ -432,10 +437,13 @@ def _top_layer(
     posterior: str,
     prior: str,
     latent_dim: int,
+    ladder: bool = False,
 ) -> TopLayer | None:
     """The checked second layer, if asked for: it needs the diagonal posterior (for q(z₁|x))
     and the standard prior (for z₂)."""
     if top_latent_dim is None:
+        if ladder:
+            raise ConfigError("the ladder's top-down inference needs a second layer")
         return None
     _check(top_latent_dim, top_hidden, (latent_dim,))
     if posterior != "diagonal":
@@ -448,7 +456,9 @@ def _top_layer(
             "a second stochastic layer has its own prior, p(z₁|z₂) N(z₂; 0, I); it does not "
             f"take the {prior} prior"
         )
-    return TopLayer(int(top_latent_dim), tuple(int(h) for h in top_hidden), activation)
+    return TopLayer(
+        int(top_latent_dim), tuple(int(h) for h in top_hidden), activation, bool(ladder)
+    )
 
 
 def _posterior_of(
@@ -460,7 +470,8 @@ def _posterior_of(
 ) -> heads.Head:
     if top is None:
         return posterior_head(posterior, latent_dim, flow_steps, flow_hidden)
-    return TwoLayerPosteriorHead((latent_dim, top.latent_dim), top.hidden, top.activation)
+    head = LadderPosteriorHead if top.ladder else TwoLayerPosteriorHead
+    return head((latent_dim, top.latent_dim), top.hidden, top.activation)
 
 
 def _check(latent_dim: int, hidden: Sequence[int], data_shape: Sequence[int]) -> None:
@@ -499,6 +510,7 @@ def mlp(
     likelihood_components: int | None = None,
     top_latent_dim: int | None = None,
     top_hidden: Sequence[int] = DEFAULT_TOP_HIDDEN,
+    ladder: bool = False,
     num_classes: int | None = None,
     semi_supervised: bool = False,
     classifier_hidden: Sequence[int] = (500,),
@@ -515,13 +527,14 @@ def mlp(
     draws every weight from N(0, 0.01²); ``prior``: ``"standard"``, ``"mixture"`` or ``"vamp"`` with
     ``prior_components`` components (10 and 500 when not given); ``top_latent_dim``: a
     second stochastic layer z₂ above z = z₁ (``latent_dim`` units), with ``top_hidden`` MLP
-    layers between them both ways (:mod:`aevb.hierarchy`). ``num_classes``: a conditional VAE
+    layers between them both ways (:mod:`aevb.hierarchy`), inferred top-down as the ladder VAE
+    with ``ladder``. ``num_classes``: a conditional VAE
     (:mod:`aevb.conditional`) whose encoder and decoder also take a one-hot label;
     ``semi_supervised``: M2, with a classifier q(y|x) of ``classifier_hidden`` layers.
     """
     data_shape, hidden = tuple(data_shape), tuple(hidden)
     _check(latent_dim, hidden, data_shape)
-    top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim)
+    top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim, ladder)
     labels = _labels(
         num_classes,
         semi_supervised,
@@ -577,6 +590,7 @@ def conv(
     likelihood_components: int | None = None,
     top_latent_dim: int | None = None,
     top_hidden: Sequence[int] = DEFAULT_TOP_HIDDEN,
+    ladder: bool = False,
 ) -> VAE:
     """A small DCGAN-style pair for (C, H, W) images: 4×4 stride-2 convolutions with
     ``channels`` feature maps and fully connected ``hidden`` layers in the encoder, the mirror
@@ -589,7 +603,7 @@ def conv(
     _check(latent_dim, (*hidden, *channels), data_shape)
     if not channels:
         raise ConfigError("the conv net needs at least one convolution (channels)")
-    top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim)
+    top = _top_layer(top_latent_dim, top_hidden, activation, posterior, prior, latent_dim, ladder)
     q_head = _posterior_of(top, posterior, latent_dim, flow_steps, flow_hidden)
     p_head = likelihood_head(
         likelihood, data_shape, likelihood_std, squash_mean, likelihood_components

@@ -174,6 +174,12 @@ class TrainConfig:
     top_hidden: tuple[int, ...] = setting(
         DEFAULT_TOP_HIDDEN, "hidden layers between z₁ and z₂, both ways", "model", minimum=1
     )
+    ladder: bool = setting(
+        False,
+        "infer the two layers top-down as the ladder VAE (Sønderby et al. 2016): q(z₂|x), then "
+        "q(z₁|z₂, x) merging the bottom-up estimate of z₁ with p(z₁|z₂)",
+        "model",
+    )
     posterior: str = setting(
         "diagonal",
         "q(z|x): a diagonal or full-covariance Gaussian, or a diagonal Gaussian through "
@@ -423,6 +429,8 @@ class TrainConfig:
             )
         if self.top_latent_dim is None and self.top_hidden != DEFAULT_TOP_HIDDEN:
             problems.append("--top-hidden applies with --top-latent-dim")
+        if self.top_latent_dim is None and self.ladder:
+            problems.append("--ladder infers two stochastic layers: give --top-latent-dim")
         if self.top_latent_dim is not None:
             if self.posterior != "diagonal":
                 problems.append(
@@ -569,6 +577,8 @@ class TrainConfig:
         if self.top_latent_dim is not None:
             arguments["top_latent_dim"] = self.top_latent_dim
             arguments["top_hidden"] = list(self.top_hidden)
+            if self.ladder:
+                arguments["ladder"] = True
         if self.likelihood == "logistic-mixture":
             arguments["likelihood_components"] = self.likelihood_components
         if self.posterior in FLOW_POSTERIORS:
