@@ -57,7 +57,7 @@ PUBLISHED = {
     "planar": "−85.10 (Rezende & Mohamed 2015, K = 10; deep Gaussian model)",
     "vae-narrow": "— (control: the two-layer model's lower half as a one-layer VAE)",
     "two-layer": "−85.33 (Burda et al., VAE k=1, 2 layers)",
-    "two-layer-ladder": "— (Sønderby et al. 2016 train with batch norm and KL warm-up: not this setting)",
+    "two-layer-ladder": "— (Sønderby et al. 2016 used batch norm and KL warm-up)",
     "two-layer-iwae5": "−83.89 (Burda et al., IWAE k=5, 2 layers)",
 }
 
