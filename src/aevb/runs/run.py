@@ -168,21 +168,18 @@ class RunRecord:
 
 
 def comparable_identity(identity: Any) -> Any:
-    """A run identity without the settings at their declared defaults, so that a setting
-    added to aevb later (absent from an older checkpoint's identity, at its default now) does
-    not make the run's own checkpoints look foreign."""
+    """A run identity with every setting it lacks filled in at its declared default, so that
+    a setting added to aevb later (absent from an older checkpoint's identity) does not make
+    the run's own checkpoints look foreign. Both sides of a comparison go through it."""
     if not isinstance(identity, dict) or not isinstance(identity.get("train"), dict):
         return identity
+    resumable = {f.name for f in setting_fields() if f.metadata["resumable"]}
     defaults = {
         f.name: list(f.default) if isinstance(f.default, tuple) else f.default
         for f in setting_fields()
+        if f.name not in resumable
     }
-    train = {
-        key: value
-        for key, value in identity["train"].items()
-        if key not in defaults or value != defaults[key]
-    }
-    return {**identity, "train": train}
+    return {**identity, "train": {**defaults, **identity["train"]}}
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
