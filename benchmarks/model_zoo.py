@@ -54,7 +54,7 @@ PUBLISHED = {
     "iwae5": "−85.54 (Burda et al., IWAE k=5, 1 layer)",
     "vamp": "−85.57 (Tomczak & Welling 2018, 1 layer)",
     "iaf": "−79.10 (Kingma et al. 2016, ResNet VAE + IAF)",
-    "planar": "−85.10 (Rezende & Mohamed 2015, K = 10; deep Gaussian model)",
+    "planar": "≥ −87.5 (Rezende & Mohamed 2015, K = 10 planar steps; a bound)",
     "vae-narrow": "— (control: the two-layer model's lower half as a one-layer VAE)",
     "two-layer": "−85.33 (Burda et al., VAE k=1, 2 layers)",
     "two-layer-ladder": "— (Sønderby et al. 2016 used batch norm and KL warm-up)",
@@ -115,7 +115,7 @@ def table(results: list[dict[str, Any]]) -> str:
         if r.get("active_units_per_layer"):
             units += f" ({', '.join(map(str, r['active_units_per_layer']))})"
         lines.append(
-            f"| {r['row']} | {r['log_likelihood']:.2f} ± {r['log_likelihood_se']:.2f} "
+            f"| {r['row']} | {r['log_likelihood']:.2f} ± {r['log_likelihood_se']:.3f} "
             f"| {r['importance_samples']} | {r['iwae_bound']:.2f} | {r['elbo']:.2f} "
             f"| {r['kl']:.2f} | {units} | {r['parameters']:,} | {r['train_seconds']:.0f} s "
             f"| {PUBLISHED[r['row']]} |"

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.distributions import MultivariateNormal
 
@@ -371,3 +373,27 @@ def test_estimator_takes_labels(digits):
         VAE(conditional=True, epochs=1).fit(binary)
     draws = estimator.sample(4, random_state=0, y=2, mean=True)
     assert draws.shape == (4, 64)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    samples=st.integers(1, 4),
+    rows=st.integers(1, 5),
+    latent=st.integers(1, 3),
+    classes=st.integers(2, 4),
+)
+def test_labels_bind_to_their_rows_for_any_number_of_draws(samples, rows, latent, classes):
+    """z (k, batch, latent) decoded given labels (batch,) equals each draw decoded alone with
+    its row's label: the one-hot vector follows the batch dimension, not the draws'."""
+    torch.manual_seed(0)
+    model = mlp((3,), latent_dim=latent, hidden=(4,), num_classes=classes, likelihood="gaussian")
+    labels = torch.randint(0, classes, (rows,))
+    z = torch.randn(samples, rows, latent)
+    together = model.given(labels).likelihood(z).mean
+    for draw in range(samples):
+        for row in range(rows):
+            alone = model.likelihood(z[draw, row : row + 1], labels[row : row + 1]).mean
+            torch.testing.assert_close(together[draw, row], alone[0])
+    x = torch.randn(rows, 3)
+    posterior = model.given(labels).posterior(x)
+    assert posterior.batch_shape == (rows,) and posterior.event_shape == (latent,)
