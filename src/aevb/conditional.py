@@ -216,16 +216,13 @@ class SemiSupervisedVAE(ConditionalVAE):
         """q_φ(y|x) for x: (batch, *data_shape); batch shape (batch,)."""
         return Categorical(logits=self.classifier(x), validate_args=False)
 
-    def label_prior(self) -> Categorical:
-        """p(y), uniform over the classes."""
-        return Categorical(logits=torch.zeros(self.num_classes, device=self._device()))
-
 
 class Conditioned:
     """A conditional model with the labels of one batch bound: ``posterior(x)``,
     ``likelihood(z)`` and ``prior()`` as a plain :class:`~aevb.models.VAE` has them.
 
-    A plain object, not a module, so that it can be made inside a compiled training step.
+    A plain object, not a module, so that it can be made inside a compiled training step;
+    ``training`` and ``parameters()`` are the model's, for code written against a VAE.
     Semi-supervised batches may hold :data:`UNLABELLED` rows; only the M2 objective reads
     those (through ``labels``).
     """
