@@ -27,7 +27,7 @@ from torch.distributions import Categorical, Distribution
 
 from aevb.errors import DataError
 from aevb.heads import Head
-from aevb.models import VAE, Decoder, Encoder
+from aevb.models import VAE, Decoder, Encoder, decode_prior_draws, reconstruct
 
 __all__ = [
     "UNLABELLED",
@@ -253,19 +253,12 @@ class Conditioned:
     encode = posterior
     decode = likelihood
 
-    def first(self, rows: int) -> Conditioned:
-        """The view of the first ``rows`` rows' labels."""
-        return Conditioned(self.model, self.labels[:rows])
-
     def draw(self, num_samples: int, mean: bool = True) -> Tensor:
         """``num_samples`` (one per bound label) draws z ~ p(z) decoded."""
-        likelihood = self.likelihood(self.prior().sample((num_samples,)))
-        return likelihood.mean if mean else likelihood.sample()
+        return decode_prior_draws(self, num_samples, mean)
 
     def reconstruct(self, x: Tensor, mean: bool = True) -> Tensor:
-        posterior = self.posterior(x)
-        z = posterior.mean if mean else posterior.sample()
-        return self.likelihood(z).mean
+        return reconstruct(self, x, mean)
 
 
 def is_conditional(model: object) -> bool:

@@ -83,10 +83,12 @@ class TwoLayerPosterior(SampledPosterior):
         return self.bottom.log_prob(z1) + self.top(z1).log_prob(z2)
 
 
-class TwoLayerPosteriorHead(Head):
-    """Posterior head for two stochastic layers: the encoder network outputs (..., 2d₁), the
-    mean and log-variance of q(z₁|x); this head's own MLP (``hidden`` layers) maps z₁ to
-    q(z₂|z₁)."""
+class _TwoLayerHead(Head):
+    """What both posterior heads of two layers share: the encoder network outputs (..., 2d₁),
+    a Gaussian over z₁ (mean and log-variance), and the head's own MLP (``hidden`` layers)
+    maps ``UPWARD_INPUTS`` × d₁ values of it to the Gaussian over z₂."""
+
+    UPWARD_INPUTS: ClassVar[int]
 
     def __init__(
         self,
@@ -97,7 +99,14 @@ class TwoLayerPosteriorHead(Head):
         super().__init__()
         self.latent_dims = d1, d2 = _two_sizes(latent_dims)
         self.parameter_shape = (2 * d1,)
-        self.upward = MLP((d1,), hidden, (2 * d2,), activation)
+        self.upward = MLP((self.UPWARD_INPUTS * d1,), hidden, (2 * d2,), activation)
+
+
+class TwoLayerPosteriorHead(_TwoLayerHead):
+    """Posterior head for two stochastic layers: the encoder network outputs the mean and
+    log-variance of q(z₁|x); this head's MLP maps z₁ to q(z₂|z₁)."""
+
+    UPWARD_INPUTS = 1
 
     def forward(self, parameters: Tensor) -> Distribution:
         return TwoLayerPosterior(
@@ -153,13 +162,14 @@ class LadderPosterior(SampledPosterior):
         return self.lower(z2).log_prob(z1) + self.top.log_prob(z2)
 
 
-class LadderPosteriorHead(Head):
-    """Posterior head of the ladder's top-down inference: the encoder network outputs
-    (..., 2d₁), the bottom-up estimate of z₁ (mean and log-variance); this head's MLP
-    (``hidden`` layers) maps that estimate to q(z₂|x), and the prior's ``downward`` network
-    gives p(z₁|z₂). Call :meth:`attach` with the model's :class:`TwoLayerPrior` before use
-    (the builders do): it is kept by reference, not registered, so its parameters are the
-    prior's, once."""
+class LadderPosteriorHead(_TwoLayerHead):
+    """Posterior head of the ladder's top-down inference: the encoder network outputs the
+    bottom-up estimate of z₁ (mean and log-variance); this head's MLP maps that estimate (both
+    halves) to q(z₂|x), and the prior's ``downward`` network gives p(z₁|z₂). Call
+    :meth:`attach` with the model's :class:`TwoLayerPrior` before use (the builders do): it is
+    kept by reference, not registered, so its parameters are the prior's, once."""
+
+    UPWARD_INPUTS = 2
 
     def __init__(
         self,
@@ -167,10 +177,7 @@ class LadderPosteriorHead(Head):
         hidden: Sequence[int] = DEFAULT_TOP_HIDDEN,
         activation: str = "tanh",
     ):
-        super().__init__()
-        self.latent_dims = d1, d2 = _two_sizes(latent_dims)
-        self.parameter_shape = (2 * d1,)
-        self.upward = MLP((2 * d1,), hidden, (2 * d2,), activation)
+        super().__init__(latent_dims, hidden, activation)
         self._prior: tuple[TwoLayerPrior, ...] = ()  # a tuple: nn.Module does not register it
 
     def attach(self, prior: TwoLayerPrior) -> None:

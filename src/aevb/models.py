@@ -104,9 +104,7 @@ class VAE(nn.Module):
         Returns (num_samples, *data_shape).
         """
         self._check_sample_count(num_samples)
-        z = self.prior().sample((num_samples,))
-        likelihood = self.likelihood(z)
-        return likelihood.mean if mean else likelihood.sample()
+        return decode_prior_draws(self, num_samples, mean)
 
     def _values_per_sample(self) -> int:
         """Values one ancestral sample holds (latent and data)."""
@@ -134,6 +132,18 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mean: bool = True) -> Tensor:
         """Decode the posterior mean of x (a draw if ``mean=False``): (batch, *data_shape)."""
-        posterior = self.posterior(x)
-        z = posterior.mean if mean else posterior.sample()
-        return self.likelihood(z).mean
+        return reconstruct(self, x, mean)
+
+
+def decode_prior_draws(model, num_samples: int, mean: bool = True) -> Tensor:
+    """z ~ p(z), ``num_samples`` of them, through the likelihood: its mean (or a draw of x if
+    ``mean=False``). ``model``: a VAE, or a conditional one with labels bound."""
+    likelihood = model.likelihood(model.prior().sample((num_samples,)))
+    return likelihood.mean if mean else likelihood.sample()
+
+
+def reconstruct(model, x: Tensor, mean: bool = True) -> Tensor:
+    """The likelihood's mean at the posterior mean of x (a posterior draw if ``mean=False``)."""
+    posterior = model.posterior(x)
+    z = posterior.mean if mean else posterior.sample()
+    return model.likelihood(z).mean

@@ -228,10 +228,9 @@ class Objective:
         """Decide the KL rule for ``model``'s posterior and prior from a batch x, eagerly and
         once (never inside a compiled step); check the objective's needs against them.
         ``num_examples`` is the size of the training set, for objectives that keep state per
-        datapoint."""
-        first = model.first(2) if hasattr(model, "first") else model  # a conditioned view
+        datapoint. The Trainer passes two rows; a conditioned model's labels are x's own."""
         with torch.no_grad():
-            self.kl_rule = KLRule.decide(first.posterior(x[:2]), model.prior())
+            self.kl_rule = KLRule.decide(model.posterior(x), model.prior())
 
     def _rule(self, model: VAE, x: Tensor) -> KLRule:
         if self.kl_rule is None:  # used directly, without a Trainer: decide on first call
@@ -596,11 +595,7 @@ class SemiSupervised(Objective):
         """For every class c and row: L(x, c) with KL weight β, its reconstruction term and
         its KL, each (C, batch)."""
         parent = self._model(model)
-        rule = self.kl_rule or KLRule.decide(
-            parent.posterior(x[:1], torch.zeros(1, dtype=torch.long, device=x.device)),
-            parent.prior(),
-        )
-        self.kl_rule = rule
+        rule = self._rule(parent, x)
         rows, classes = len(x), parent.num_classes
         every = torch.arange(classes, device=x.device).repeat_interleave(rows)
         x_all = x.repeat(classes, *([1] * (x.dim() - 1)))
