@@ -8,6 +8,9 @@ tests/test_acceleration.py).
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ import torch
 from aevb.builders import mlp
 from aevb.evaluation import evaluate
 from aevb.objectives import SGVBB
-from aevb.runs import load_run, resume, train
+from aevb.runs import TrainConfig, load_run, resume, train
 from aevb.train import Callback
 
 pytestmark = pytest.mark.cuda
@@ -124,3 +127,38 @@ def test_the_estimator_on_the_gpu():
     assert model.transform(X).shape == (300, 2)
     assert np.isfinite(model.score_samples(X)).all()
     assert model.sample(5, random_state=0).shape == (5, 6)
+
+
+def test_a_streamed_run_on_the_gpu_resumes_exactly(tmp_path, digits):
+    """Rows read by a worker process into pinned memory, moved to the GPU, binarized there
+    from the batch's own generator; a crash and a resume give the uninterrupted bits."""
+    path = tmp_path / "rows.npy"
+    np.save(path, digits.train[:, 0])
+    config = dataclasses.replace(
+        TrainConfig(dataset=str(path), stream=True, workers=1, latent_dim=4, hidden=(32,)),
+        epochs=3,
+        batch_size=64,
+        device="cuda",
+        compile=False,
+    )
+    train(config, tmp_path / "whole", progress=False)
+    with pytest.raises(_Crash):
+        train(config, tmp_path / "split", progress=False, callbacks=[CrashAfter(1)])
+    resume(tmp_path / "split", progress=False)
+    whole = load_run(tmp_path / "whole", "last").model.state_dict()
+    split = load_run(tmp_path / "split", "last").model.state_dict()
+    for name, value in whole.items():
+        assert torch.equal(value, split[name]), name
+
+
+def test_torchrun_with_nccl_trains_on_every_gpu(tmp_path):
+    """``torchrun --nproc-per-node G -m aevb train --device cuda`` for every GPU G of the
+    machine (NCCL; one process, without process group, on a single GPU)."""
+    gpus = torch.cuda.device_count()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(gpus), "-m", "aevb", "train", "--dataset", "digits"]
+    command += ["--device", "cuda", "--epochs", "2", "--no-progress", "--out", "run"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and np.isfinite(summary["test_elbo"])

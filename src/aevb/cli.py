@@ -345,6 +345,18 @@ def _add_reproduce(commands) -> None:
     pca.add_argument("--latent-dims", type=_positive_int, nargs="+", default=[2, 5, 10])
 
 
+def _join_process_group(device: str | None, run_dir: str | None = None):
+    """Under ``torchrun``, join the process group (the backend follows the run's device:
+    ``device``, else the device of the run in ``run_dir``, else the default); alone, nothing.
+    Returns this process's place (:class:`aevb.distributed.Distributed`)."""
+    from aevb.distributed import init_from_environment, launched_by_torchrun
+    from aevb.runs import TrainConfig, read_run
+
+    if device is None and launched_by_torchrun():
+        device = read_run(run_dir).config.device if run_dir else TrainConfig.device
+    return init_from_environment(device or "auto")
+
+
 def _train(args: argparse.Namespace) -> int:
     from aevb.runs import TrainConfig, resume, train
     from aevb.runs.config import setting_fields
@@ -354,7 +366,8 @@ def _train(args: argparse.Namespace) -> int:
         for key, value in vars(args).items()
         if value is not None and key not in RUN_FLAGS
     }
-    progress = not args.no_progress
+    parallel = _join_process_group(args.device, args.resume)
+    progress = not args.no_progress and parallel.writer
     if args.resume:
         resumable = {f.name for f in setting_fields() if f.metadata["resumable"]}
         refused = sorted(set(given) - resumable)
@@ -374,8 +387,9 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = args.out or f"runs/{Path(config.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         with _interruptible(run_dir):
             summary = train(config, run_dir, progress=progress)
-    print(json.dumps(summary, indent=2))
-    print(f"run folder: {run_dir}")
+    if parallel.writer:
+        print(json.dumps(summary, indent=2))
+        print(f"run folder: {run_dir}")
     return 0
 
 
@@ -444,10 +458,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from aevb.devices import resolve_device
     from aevb.diagnostics import warn_if_collapsed
     from aevb.runs import load_run
 
-    run = load_run(args.run_dir, which=args.which, device=args.device)
+    parallel = _join_process_group(args.device, args.run_dir)
+    device = parallel.device(resolve_device(args.device))
+    run = load_run(args.run_dir, which=args.which, device=str(device))
     x, labels = run.split(args.split, args.num_examples), None
     if is_conditional(run.model):
         labels = run.labels(args.split, args.num_examples)
@@ -459,8 +476,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         float64=args.float64,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress and parallel.writer,
+        parallel=parallel,
     )
+    if not parallel.writer:  # every process scored its part; process 0 reports
+        return 0
     values = {
         "run_dir": str(args.run_dir),
         "split": args.split,
@@ -804,6 +824,17 @@ def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
     except AevbError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MemoryError:
+        print(
+            "error: out of memory. Ask for less: a smaller --batch-size, fewer "
+            "--importance-samples or --num-examples, or stream the training data from disk "
+            "(--stream)",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

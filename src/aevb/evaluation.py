@@ -31,6 +31,8 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from aevb.conditional import bind, checked_labels
+from aevb.data.loaders import shard_of
+from aevb.distributed import Distributed
 from aevb.distributions import (
     MOMENT_SAMPLES,
     SampledPosterior,
@@ -182,6 +184,7 @@ def evaluate(
     progress: bool = False,
     proposal: Callable[[VAE, Tensor], Distribution] | None = None,
     labels: Tensor | None = None,
+    parallel: Distributed | None = None,
 ) -> Evaluation:
     """Importance-sampled log p(x), IWAE bound, ELBO (A and B), KL and active units of x.
 
@@ -196,11 +199,16 @@ def evaluate(
     no density (grey values for a Bernoulli likelihood) are refused. A conditional model
     (:mod:`aevb.conditional`) needs the rows' ``labels`` (N,) and is evaluated given them:
     log p(x|y), its bounds and q(z|x, y).
+
+    ``parallel``: in a data-parallel run (every process passing the same x), each process
+    scores its part of the rows, with its own seeded draws (``seed`` + rank), and the sums
+    and per-row values are gathered and combined exactly; every process returns the result.
     """
     labels = check_data(model, x, labels)
     n = len(x)
     if n == 0:
         raise ValueError("cannot evaluate on an empty data split")
+    started = time.perf_counter()
     _check_counts(importance_samples=importance_samples, iwae_samples=iwae_samples)
     if batch_size is not None:
         _check_counts(batch_size=batch_size)
@@ -212,9 +220,127 @@ def evaluate(
         batch_size = max(1, batch_size // width)
     batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements, width)
     dtype = torch.float64 if float64 else torch.float32
+    sharded = parallel is not None and parallel.active and 1 < parallel.world <= n
+    if sharded:
+        assert parallel is not None
+        rows = shard_of(n, parallel.rank, parallel.world)
+        x, labels = x[rows], None if labels is None else labels[rows]
+        seed = (seed + parallel.rank) % (MAX_SEED + 1)
+    part = _evaluation_sums(
+        model, x, labels, k, m, batch_size, samples_per_chunk, dtype, seed, progress, proposal
+    )
+    if sharded:
+        assert parallel is not None
+        part = _Sums.combine(parallel.gather(part.to("cpu")))
+    return part.evaluation(model, m, data_dim, k, time.perf_counter() - started)
+
+
+@dataclass
+class _Sums:
+    """What an evaluation of some rows adds up, before it becomes an :class:`Evaluation`:
+    ``totals`` (6,) float64 — the sums over rows of log p̂(x), its delta-method variance, the
+    IWAE bound, ELBO A, reconstruction and KL; the rows' posterior ``means`` (rows, L) and
+    their Monte Carlo error variances (for sampled posteriors); the KL per dimension summed
+    over rows; the KL rule; the stochastic layers' sizes, if several."""
+
+    totals: Tensor
+    rows: int
+    means: Tensor
+    mean_errors: Tensor | None
+    kl_per_dim: Tensor | None
+    kl_estimator: str
+    layer_sizes: list[int] | None
+
+    def to(self, device: str) -> _Sums:
+        def moved(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(
+            self,
+            totals=self.totals.to(device),
+            means=self.means.to(device),
+            mean_errors=moved(self.mean_errors),
+            kl_per_dim=moved(self.kl_per_dim),
+        )
+
+    @staticmethod
+    def combine(parts: list[_Sums]) -> _Sums:
+        """The sums of disjoint parts of the rows, in order (exact: sums and
+        concatenations)."""
+        first = parts[0]
+        return _Sums(
+            totals=torch.stack([p.totals for p in parts]).sum(0),
+            rows=sum(p.rows for p in parts),
+            means=torch.cat([p.means for p in parts]),
+            mean_errors=(
+                None
+                if first.mean_errors is None
+                else torch.cat([p.mean_errors for p in parts if p.mean_errors is not None])
+            ),
+            kl_per_dim=(
+                None
+                if first.kl_per_dim is None
+                else torch.stack([p.kl_per_dim for p in parts if p.kl_per_dim is not None]).sum(0)
+            ),
+            kl_estimator=first.kl_estimator,
+            layer_sizes=first.layer_sizes,
+        )
+
+    def evaluation(self, model: VAE, m: int, data_dim: int, k: int, seconds: float) -> Evaluation:
+        n, means, errors = self.rows, self.means, self.mean_errors
+        layers = None
+        if self.layer_sizes is not None:  # stochastic layers (aevb.hierarchy): each counted
+            sizes = self.layer_sizes
+            layers = [
+                count_active_units(part, mean_error_variance=None if errors is None else error)
+                for part, error in zip(
+                    means.split(sizes, -1),
+                    errors.split(sizes, -1) if errors is not None else [None] * len(sizes),
+                    strict=True,
+                )
+            ]
+        log_likelihood, variance_sum, iwae, elbo_a, reconstruction, kl = (self.totals / n).tolist()
+        log_likelihood_se = math.sqrt(variance_sum * n) / n
+        kl_per_dim = None if self.kl_per_dim is None else (self.kl_per_dim / n).tolist()
+        return Evaluation(
+            log_likelihood=log_likelihood,
+            log_likelihood_se=log_likelihood_se,
+            iwae_bound=iwae,
+            iwae_samples=m,
+            elbo=reconstruction - kl,
+            elbo_a=elbo_a,
+            reconstruction=reconstruction,
+            kl=kl,
+            kl_per_dim=kl_per_dim,
+            kl_estimator=self.kl_estimator,
+            bits_per_dim=_bits_per_dim(log_likelihood, data_dim),
+            active_units=count_active_units(means, mean_error_variance=errors),
+            active_units_per_layer=layers,
+            latent_dim=model.latent_dim,
+            data_dim=data_dim,
+            num_examples=n,
+            importance_samples=k,
+            seconds=seconds,
+        )
+
+
+def _evaluation_sums(
+    model: VAE,
+    x: Tensor,
+    labels: Tensor | None,
+    k: int,
+    m: int,
+    batch_size: int,
+    samples_per_chunk: int,
+    dtype: torch.dtype,
+    seed: int,
+    progress: bool,
+    proposal: Callable[[VAE, Tensor], Distribution] | None,
+) -> _Sums:
+    """:func:`evaluate`'s sums over the rows of x, ``batch_size`` rows at a time."""
+    n = len(x)
     was_training = model.training
     model.eval()
-    started = time.perf_counter()
     totals = torch.zeros(6, dtype=torch.float64, device=x.device)
     posterior_means, mean_errors, kl_dims = [], [], []
     rule = None
@@ -237,41 +363,14 @@ def evaluate(
                 kl_dims.append(kl_dim.double().sum(0))
     model.train(was_training)
     assert rule is not None
-    means = torch.cat(posterior_means)
-    errors = torch.cat(mean_errors) if mean_errors else None
-    layers = None
-    if hasattr(posterior, "layer_sizes"):  # stochastic layers (aevb.hierarchy): each counted
-        sizes = posterior.layer_sizes
-        layers = [
-            count_active_units(part, mean_error_variance=None if errors is None else error)
-            for part, error in zip(
-                means.split(sizes, -1),
-                errors.split(sizes, -1) if errors is not None else [None] * len(sizes),
-                strict=True,
-            )
-        ]
-    log_likelihood, variance_sum, iwae, elbo_a, reconstruction, kl = (totals / n).tolist()
-    log_likelihood_se = math.sqrt(variance_sum * n) / n
-    kl_per_dim = (torch.stack(kl_dims).sum(0) / n).tolist() if kl_dims else None
-    return Evaluation(
-        log_likelihood=log_likelihood,
-        log_likelihood_se=log_likelihood_se,
-        iwae_bound=iwae,
-        iwae_samples=m,
-        elbo=reconstruction - kl,
-        elbo_a=elbo_a,
-        reconstruction=reconstruction,
-        kl=kl,
-        kl_per_dim=kl_per_dim,
+    return _Sums(
+        totals=totals,
+        rows=n,
+        means=torch.cat(posterior_means),
+        mean_errors=torch.cat(mean_errors) if mean_errors else None,
+        kl_per_dim=torch.stack(kl_dims).sum(0) if kl_dims else None,
         kl_estimator=rule.description,
-        bits_per_dim=_bits_per_dim(log_likelihood, data_dim),
-        active_units=count_active_units(means, mean_error_variance=errors),
-        active_units_per_layer=layers,
-        latent_dim=model.latent_dim,
-        data_dim=data_dim,
-        num_examples=n,
-        importance_samples=k,
-        seconds=time.perf_counter() - started,
+        layer_sizes=getattr(posterior, "layer_sizes", None),
     )
 
 

@@ -41,7 +41,16 @@ MAX_INFLATION = 200
 
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation on this machine (Linux: MemAvailable
-    from /proc/meminfo; elsewhere the free physical pages), or ``None`` when unknown."""
+    from /proc/meminfo; elsewhere the free physical pages), or ``None`` when unknown; less
+    where the process's address space is limited (``ulimit -v``, RLIMIT_AS) to less."""
+    available = _machine_memory()
+    room = _address_space_left()
+    if room is None:
+        return available
+    return room if available is None else min(available, room)
+
+
+def _machine_memory() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -53,6 +62,22 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _address_space_left() -> int | None:
+    """Bytes the process may still map under its RLIMIT_AS, or ``None`` (no limit, or not
+    Linux)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+    return max(0, limit - size)
 
 
 def format_bytes(size: float) -> str:

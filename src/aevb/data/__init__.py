@@ -5,7 +5,10 @@
 * :mod:`aevb.data.files` — locating, verifying and downloading the benchmark files;
 * :mod:`aevb.data.tables` — reading user files without unpickling, :func:`load_table`;
 * :mod:`aevb.data.transforms` — binarization and standardisation as recorded objects;
-* :mod:`aevb.data.loaders` — minibatches for the Trainer (:class:`TensorLoader`).
+* :mod:`aevb.data.loaders` — minibatches for the Trainer (:class:`TensorLoader`);
+* :mod:`aevb.data.streaming` — rows read from disk as needed (:class:`StreamLoader` over an
+  .npy or Parquet file or a folder of images), for data larger than memory;
+* :mod:`aevb.data.streamed` — :func:`load_streamed` → a dataset whose training split streams.
 """
 
 from aevb.data.datasets import DATASETS, Dataset, load_dataset
@@ -16,6 +19,17 @@ from aevb.data.loaders import (
     Loader,
     SemiSupervisedLoader,
     TensorLoader,
+    shard_of,
+)
+from aevb.data.streamed import StreamedDataset, load_streamed
+from aevb.data.streaming import (
+    ImageFolderSource,
+    NpySource,
+    ParquetSource,
+    RowSource,
+    StreamLoader,
+    open_source,
+    summarize,
 )
 from aevb.data.tables import load_table
 from aevb.data.transforms import (
@@ -33,14 +47,24 @@ __all__ = [
     "Binarize",
     "Dataset",
     "DynamicBinarization",
+    "ImageFolderSource",
     "Loader",
+    "NpySource",
+    "ParquetSource",
+    "RowSource",
     "SemiSupervisedLoader",
     "Standardize",
+    "StreamLoader",
+    "StreamedDataset",
     "TensorLoader",
     "Transforms",
     "choose_transforms",
     "default_cache_dir",
     "default_data_dir",
     "load_dataset",
+    "load_streamed",
     "load_table",
+    "open_source",
+    "shard_of",
+    "summarize",
 ]

@@ -37,8 +37,24 @@ _AMAT_WIDTH = 784
 _FREY_SHAPE = (1, 28, 20)
 
 
+class Examples:
+    """What a dataset's examples are, from their ``event_shape``: images or table rows, and
+    how many values each holds."""
+
+    event_shape: tuple[int, ...]
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.event_shape) == 3
+
+    @property
+    def data_dim(self) -> int:
+        """Number of values D per example (pixels for images)."""
+        return math.prod(self.event_shape)
+
+
 @dataclass
-class Dataset:
+class Dataset(Examples):
     """A dataset split three ways: ``train``, ``val``, ``test`` are float32 arrays of shape
     (N, *event_shape), C-contiguous. Named image datasets are scaled to [0, 1].
 
@@ -57,40 +73,34 @@ class Dataset:
     val_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
 
+    # Whether the training split stays on disk (aevb.data.streamed.StreamedDataset): no.
+    streamed = False
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def summary(self) -> np.ndarray:
+        """What choosing the transforms reads of the training split: the rows themselves."""
+        return self.train
+
     @property
     def event_shape(self) -> tuple[int, ...]:
         """Shape of one example: (C, H, W) for images, (D,) for tables."""
         return tuple(int(s) for s in self.train.shape[1:])
 
-    @property
-    def is_image(self) -> bool:
-        return len(self.event_shape) == 3
-
-    @property
-    def data_dim(self) -> int:
-        """Number of values D per example (pixels for images)."""
-        return math.prod(self.event_shape)
-
-    def split(self, name: str) -> np.ndarray:
-        """The rows of split ``name``: ``train``, ``val`` or ``test``."""
+    def split(self, name: str, limit: int | None = None) -> np.ndarray:
+        """The rows of split ``name``: ``train``, ``val`` or ``test`` (the first ``limit``)."""
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; choose from train, val, test")
-        return getattr(self, name)
+        return getattr(self, name)[:limit]
 
     def fingerprint(self, split: str) -> str:
         """SHA-256 (hex) of split ``split``'s shape and float32 values (and labels): a run
         records it, and its later uses refuse data that are no longer the same (an edited
         file, another split)."""
-        sha = hashlib.sha256()
-        for values in (self.split(split), getattr(self, f"{split}_labels")):
-            if values is None:
-                sha.update(b"none|")
-                continue
-            values = np.ascontiguousarray(values)
-            sha.update(f"{values.dtype}|{values.shape}|".encode())
-            if values.size:
-                sha.update(memoryview(values).cast("B"))
-        return sha.hexdigest()
+        return fingerprint_of(self.split(split), getattr(self, f"{split}_labels"))
 
     @property
     def in_unit_interval(self) -> bool:
@@ -104,6 +114,20 @@ class Dataset:
         if self.likelihood is not None:
             return self.likelihood
         return "bernoulli" if self.in_unit_interval else "gaussian-learned"
+
+
+def fingerprint_of(values: np.ndarray, labels: np.ndarray | None) -> str:
+    """SHA-256 (hex) of rows' dtype, shape and values, then their labels' (or none)."""
+    sha = hashlib.sha256()
+    for part in (values, labels):
+        if part is None:
+            sha.update(b"none|")
+            continue
+        part = np.ascontiguousarray(part)
+        sha.update(f"{part.dtype}|{part.shape}|".encode())
+        if part.size:
+            sha.update(memoryview(part).cast("B"))
+    return sha.hexdigest()
 
 
 def load_dataset(

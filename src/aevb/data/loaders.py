@@ -22,7 +22,22 @@ from torch import Tensor
 
 from aevb.data.transforms import Transforms
 
-__all__ = ["Batch", "DynamicBinarization", "Loader", "SemiSupervisedLoader", "TensorLoader"]
+__all__ = [
+    "Batch",
+    "DynamicBinarization",
+    "Loader",
+    "SemiSupervisedLoader",
+    "TensorLoader",
+    "shard_of",
+]
+
+
+def shard_of(rows: int, rank: int, world: int) -> slice:
+    """The part of a global batch of ``rows`` rows that process ``rank`` of ``world`` trains
+    on: consecutive positions, split as evenly as possible (the first ``rows mod world``
+    ranks one more). Each global batch is the same whatever the number of processes, so a
+    run with N processes sees the batches a run with one process sees."""
+    return slice(rows * rank // world, rows * (rank + 1) // world)
 
 
 class Batch(NamedTuple):
@@ -99,7 +114,9 @@ class TensorLoader:
     """Shuffled minibatches of ``x`` (N, *data_shape), a tensor of the data as loaded, on the
     training device; ``transforms`` map it to the model's space (dynamic binarization anew each
     epoch, the others once, here). The last batch of an epoch may be shorter. ``labels`` (N,)
-    int64 on the same device, for a conditional model, come with each batch.
+    int64 on the same device, for a conditional model, come with each batch. ``shard``
+    ``(rank, world)``: this process's part of each batch in a data-parallel run
+    (:func:`shard_of`); ``batch_size`` is then the global batch.
     """
 
     def __init__(
@@ -109,6 +126,7 @@ class TensorLoader:
         transforms: Transforms | None = None,
         shuffle: bool = True,
         labels: Tensor | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         if len(x) == 0:
             raise ValueError("cannot train on an empty data split")
@@ -120,6 +138,7 @@ class TensorLoader:
         self.batch_size = int(batch_size)
         self.transforms = transforms or Transforms()
         self.shuffle = shuffle
+        self.shard = shard
         self._raw = x
         self._drawn: Tensor | None = None  # the binary draw, reused each epoch
         self._epochs_drawn = 0
@@ -169,6 +188,8 @@ class TensorLoader:
             if epoch != self._epochs_drawn:
                 raise RuntimeError("an epoch's batches were read after the next epoch was drawn")
             index = order[start : start + self.batch_size]
+            if self.shard[1] > 1:
+                index = index[shard_of(len(index), *self.shard)]
             y = None if self.labels is None else self.labels.index_select(0, index)
             yield Batch(x.index_select(0, index), index, y)
 

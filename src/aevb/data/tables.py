@@ -135,7 +135,8 @@ def _check_memory(declared: int, where: str) -> None:
     check_memory(
         declared,
         f"{where}: its data",
-        "use a machine with more memory or a part of the rows",
+        "stream it from disk (--stream: .npy or .parquet), use a part of the rows, or a "
+        "machine with more memory",
         share=0.5,
         error=DataError,
     )

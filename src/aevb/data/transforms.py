@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -216,8 +216,20 @@ def on_eight_bit_grid(values: np.ndarray) -> bool:
     return bool(np.all(np.abs(levels - np.round(levels)) < 1e-3))
 
 
+class ValueSummary(Protocol):
+    """What choosing the transforms needs of training rows held on disk
+    (:class:`aevb.data.streaming.StreamSummary`): their range, whether they are 8-bit levels,
+    and their standardisation."""
+
+    min: float
+    max: float
+    eight_bit: bool
+
+    def standardize(self) -> Standardize: ...
+
+
 def choose_transforms(
-    train: np.ndarray,
+    train: np.ndarray | ValueSummary,
     name: str,
     binary_data: bool,
     is_image: bool,
@@ -227,7 +239,8 @@ def choose_transforms(
     *,
     eight_bit_likelihood: bool = False,
 ) -> tuple[Transforms, str, bool]:
-    """The transforms for training data ``train`` (of dataset ``name``) under a likelihood that
+    """The transforms for training data ``train`` (of dataset ``name``; the rows, or a
+    :class:`ValueSummary` of rows on disk) under a likelihood that
     is (``binary_likelihood``) or is not a distribution over {0, 1}, or is one over the 8-bit
     levels k/255 (``eight_bit_likelihood``: the data are taken as they are, and must be such
     levels).
@@ -244,14 +257,17 @@ def choose_transforms(
                 "an 8-bit likelihood models the levels k/255 themselves: --binarize and "
                 "--standardize do not apply"
             )
-        if not on_eight_bit_grid(train):
+        if not (train.eight_bit if _summarised(train) else on_eight_bit_grid(train)):
             raise DataError(
                 f"an 8-bit likelihood is a distribution over the 256 levels k/255 in [0, 1], "
                 f"but {name} holds other values (8×8 digits, for one, have 17 levels); use it "
                 "on 8-bit images (mnist, fashion-mnist, frey) or a Gaussian likelihood"
             )
         return Transforms([]), "none", False
-    low, high = float(train.min()), float(train.max())
+    if _summarised(train):
+        low, high = float(train.min), float(train.max)
+    else:
+        low, high = float(train.min()), float(train.max())
     in_unit_interval = low >= 0.0 and high <= 1.0
     if binarize is None:
         # Binary data under a Bernoulli likelihood pass a static draw unchanged (and say so).
@@ -286,5 +302,9 @@ def choose_transforms(
     if binarize != "none":
         steps.append(Binarize(binarize))
     if standardize:
-        steps.append(Standardize.fit(train))
+        steps.append(train.standardize() if _summarised(train) else Standardize.fit(train))
     return Transforms(steps), binarize, standardize
+
+
+def _summarised(train: np.ndarray | ValueSummary) -> bool:
+    return not isinstance(train, np.ndarray)

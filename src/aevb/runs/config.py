@@ -99,7 +99,8 @@ class TrainConfig:
     # data
     dataset: str = setting(
         "digits",
-        f"one of {', '.join(DATASETS)}, or a .npy/.npz/.csv/.parquet file",
+        f"one of {', '.join(DATASETS)}, a .npy/.npz/.csv/.parquet file, or a folder of "
+        "PNG/JPEG images (streamed)",
         "data",
     )
     data_dir: str | None = setting(
@@ -125,6 +126,21 @@ class TrainConfig:
         "log-densities and outputs stay in the data's units)",
         "data",
         default_text="on for tables with a Gaussian likelihood",
+    )
+    stream: bool | None = setting(
+        None,
+        "read the training rows from disk batch by batch (an .npy or .parquet file, a folder "
+        "of images), for data larger than memory",
+        "data",
+        default_text="for folders, and files larger than a quarter of the available memory",
+    )
+    workers: int | None = setting(
+        None,
+        "processes reading and decoding streamed batches (0: the training process)",
+        "data",
+        default_text="0 on the CPU; on a GPU up to 4, leaving one core free",
+        minimum=0,
+        resumable=True,
     )
     labels: int | None = setting(
         None,

@@ -17,6 +17,10 @@ A run folder holds:
 * ``summary.json`` — the test metrics of the best weights, the best epoch, times;
 * ``curves.png``, and for images ``samples.png`` and ``reconstructions.png``.
 
+Under ``torchrun`` (:mod:`aevb.distributed`) every process builds the same run and
+trains its part of each batch; process 0 alone checks and writes the folder, holds its lock,
+and evaluates the test split at the end.
+
 Everything a run decides is checked before the folder is created, so a refused command can be
 corrected and run again. While a process trains into a folder it holds the folder's lock
 (:class:`aevb.storage.RunLock`, ``.lock``): a second ``train --out`` or ``--resume`` of the same
@@ -48,9 +52,12 @@ from aevb.builders import ModelSpec
 from aevb.conditional import UNLABELLED, bind, checked_labels, is_conditional
 from aevb.data.datasets import Dataset, load_dataset
 from aevb.data.loaders import Loader, SemiSupervisedLoader, TensorLoader
+from aevb.data.streamed import StreamedDataset, load_streamed, should_stream
+from aevb.data.streaming import StreamLoader
 from aevb.data.transforms import Transforms, choose_transforms
 from aevb.devices import resolve_device
 from aevb.diagnostics import warn_if_collapsed
+from aevb.distributed import current as current_process
 from aevb.distributions import support_is_binary, support_is_eight_bit
 from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
 from aevb.evaluation import Evaluation, evaluate, log_likelihood_per_example
@@ -134,7 +141,9 @@ class RunRecord:
         values["train"] = {k: v for k, v in values["train"].items() if k not in resumable}
         return comparable_identity(values)
 
-    def check_data(self, dataset: Dataset, run_dir: Path, splits: Sequence[str] = SPLITS) -> None:
+    def check_data(
+        self, dataset: Dataset | StreamedDataset, run_dir: Path, splits: Sequence[str] = SPLITS
+    ) -> None:
         """Refuse ``dataset`` unless its ``splits`` are those the run was trained with (same
         shape, sizes and SHA-256 fingerprints)."""
         if dataset.event_shape != self.event_shape:
@@ -143,7 +152,8 @@ class RunRecord:
                 f"run in {run_dir} was trained on rows of shape {self.event_shape}"
             )
         for name in splits:
-            rows, recorded = len(dataset.split(name)), self.data[f"num_{name}"]
+            rows = dataset.num_train if name == "train" else len(dataset.split(name))
+            recorded = self.data[f"num_{name}"]
             if rows != recorded:
                 raise DataError(
                     f"{self.config.dataset} now has {rows} {name} rows, but the run in "
@@ -252,7 +262,7 @@ def train(
     run_dir: str | Path,
     *,
     model: ModelSpec | None = None,
-    dataset: Dataset | None = None,
+    dataset: Dataset | StreamedDataset | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> dict:
@@ -272,7 +282,7 @@ def start_run(
     run_dir: str | Path,
     *,
     model: ModelSpec | None = None,
-    dataset: Dataset | None = None,
+    dataset: Dataset | StreamedDataset | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> RunSession:
@@ -280,15 +290,27 @@ def start_run(
     and the model, write the run folder's ``config.json`` and build the Trainer. Returns the
     session: :meth:`RunSession.run` trains and finishes the run; ``session.trainer`` can also
     be driven directly (:meth:`aevb.train.Trainer.train_epoch`)."""
-    run_dir = check_output_folder(_folder(run_dir))
-    if (run_dir / CONFIG_FILE).exists():
-        raise AevbError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
-            "another output folder"
-        )
+    parallel = current_process()
+    run_dir = _folder(run_dir)
+
+    def check_folder() -> None:
+        check_output_folder(run_dir)
+        if (run_dir / CONFIG_FILE).exists():
+            raise AevbError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
+                "another output folder"
+            )
+
+    parallel.on_writer(check_folder)
     custom_model = model is not None
     if custom_model:
         config.check_custom_model()
+    if dataset is None:
+        config = _decide_streaming(config, progress and parallel.writer)
+    elif config.stream is None:
+        config = dataclasses.replace(config, stream=dataset.streamed)
+    if config.workers is not None and not config.stream:
+        raise ConfigError("--workers sets the processes reading streamed rows: it needs --stream")
     if dataset is None:
         dataset = _load(config, progress)
     if model is None:
@@ -297,11 +319,11 @@ def start_run(
         if config.conditional or config.labels is not None:
             classes = num_classes(dataset)
         model = config.model_spec(dataset.event_shape, classes)
-    device = resolve_device(config.device)
-    network = _build(model, config, device, len(dataset.train))
+    device = parallel.device(resolve_device(config.device))
+    network = _build(model, config, device, dataset.num_train)
     binary_likelihood, eight_bit_likelihood = _likelihood_values(network, dataset)
     transforms, binarize, standardize = choose_transforms(
-        dataset.train,
+        dataset.summary,
         dataset.name,
         dataset.binary,
         dataset.is_image,
@@ -310,11 +332,16 @@ def start_run(
         config.standardize,
         eight_bit_likelihood=eight_bit_likelihood,
     )
+    if dataset.streamed and binarize == "static" and not dataset.binary:
+        raise ConfigError(
+            "--binarize static draws each row once and keeps the draw, which a stream of rows "
+            "read anew each epoch cannot; use dynamic or threshold binarization"
+        )
     config = dataclasses.replace(config, binarize=binarize, standardize=standardize)
     data = {
         "name": dataset.name,
         "event_shape": list(dataset.event_shape),
-        "num_train": len(dataset.train),
+        "num_train": dataset.num_train,
         "num_val": len(dataset.val),
         "num_test": len(dataset.test),
         "fingerprints": {name: dataset.fingerprint(name) for name in SPLITS},
@@ -322,19 +349,24 @@ def start_run(
     record = RunRecord(config, model, data, transforms, custom_model)
     session = RunSession(record, run_dir, network, dataset, device, callbacks, progress)
     session.preflight()
-    make_folder(run_dir / "checkpoints")
-    session.lock.acquire()
-    try:
-        if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
-            raise AevbError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
-                "another output folder"
-            )
-        _remove_leftovers(run_dir)
-        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
-    except BaseException:
-        session.close()
-        raise
+
+    def write_folder() -> None:
+        make_folder(run_dir / "checkpoints")
+        session.lock.acquire()
+        try:
+            if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
+                raise AevbError(
+                    f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
+                    "choose another output folder"
+                )
+            _remove_leftovers(run_dir)
+            text = json.dumps(record.to_dict(), indent=2) + "\n"
+            atomic_write_text(run_dir / CONFIG_FILE, text)
+        except BaseException:
+            session.close()
+            raise
+
+    parallel.on_writer(write_folder)
     return session
 
 
@@ -345,7 +377,7 @@ def resume(
     device: str | None = None,
     compile: bool | None = None,
     divergence_guard: bool | None = None,
-    dataset: Dataset | None = None,
+    dataset: Dataset | StreamedDataset | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> dict:
@@ -360,7 +392,10 @@ def resume(
     """
     run_dir = _folder(run_dir)
     record = read_run(run_dir)
-    with RunLock(run_dir) as lock:
+    parallel = current_process()
+    lock = RunLock(run_dir)
+    parallel.on_writer(lock.acquire)
+    try:
         changes = {"epochs": epochs, "device": device, "compile": compile}
         changes["divergence_guard"] = divergence_guard
         config = dataclasses.replace(
@@ -370,8 +405,8 @@ def resume(
         if dataset is None:
             dataset = _load(config, progress)
         record.check_data(dataset, run_dir)
-        device_ = resolve_device(config.device)
-        network = _build(record.spec, config, device_, len(dataset.train))
+        device_ = parallel.device(resolve_device(config.device))
+        network = _build(record.spec, config, device_, dataset.num_train)
         session = RunSession(
             record, run_dir, network, dataset, device_, callbacks, progress, lock=lock
         )
@@ -379,10 +414,17 @@ def resume(
             session.restore(run_dir / LAST)
         if (run_dir / BEST).exists():  # the best epoch's weights, kept unless bettered
             _check_belongs(run_dir / BEST, record, run_dir)
-        _remove_leftovers(run_dir)
-        # The settings resuming may change (epochs, device, compile), as the run now has them.
-        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record.to_dict(), indent=2) + "\n")
+
+        def write_config() -> None:
+            _remove_leftovers(run_dir)
+            # The settings resuming may change (epochs, device, compile), as the run has them.
+            text = json.dumps(record.to_dict(), indent=2) + "\n"
+            atomic_write_text(run_dir / CONFIG_FILE, text)
+
+        parallel.on_writer(write_config)
         return session.run()
+    finally:
+        lock.release()
 
 
 def _remove_leftovers(run_dir: Path) -> None:
@@ -391,10 +433,23 @@ def _remove_leftovers(run_dir: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _load(config: TrainConfig, progress: bool) -> Dataset:
+def _load(config: TrainConfig, progress: bool) -> Dataset | StreamedDataset:
+    if config.stream:
+        return load_streamed(config.dataset, val_fraction=config.val_fraction)
     return load_dataset(
         config.dataset, config.data_dir, val_fraction=config.val_fraction, progress=progress
     )
+
+
+def _decide_streaming(config: TrainConfig, say: bool) -> TrainConfig:
+    """``config`` with ``stream`` decided (:func:`aevb.data.streamed.should_stream`), said in
+    one line when it streams unasked."""
+    if config.stream is not None:
+        return config
+    stream, reason = should_stream(config.dataset)
+    if reason and say:
+        tqdm.write(f"notice: {reason}", file=sys.stderr)
+    return dataclasses.replace(config, stream=stream)
 
 
 def _build(spec: ModelSpec, config: TrainConfig, device: torch.device, train_rows: int) -> VAE:
@@ -406,7 +461,7 @@ def _build(spec: ModelSpec, config: TrainConfig, device: torch.device, train_row
     return spec.build(copies=TRAINING_COPIES, rows=rows).to(device)
 
 
-def _likelihood_values(model: VAE, dataset: Dataset) -> tuple[bool, bool]:
+def _likelihood_values(model: VAE, dataset: Dataset | StreamedDataset) -> tuple[bool, bool]:
     """Whether the model's likelihood is a distribution over {0, 1}, and whether over the
     8-bit levels k/255 (read from its support)."""
     like = torch.zeros(1, *dataset.event_shape, device=next(model.parameters()).device)
@@ -421,7 +476,7 @@ def _likelihood_values(model: VAE, dataset: Dataset) -> tuple[bool, bool]:
     return (not eight_bit and support_is_binary(likelihood, like)), eight_bit
 
 
-def num_classes(dataset: Dataset) -> int:
+def num_classes(dataset: Dataset | StreamedDataset) -> int:
     """The number of classes of a labelled dataset (largest label + 1, at least 2)."""
     labels = [split_labels(dataset, name) for name in SPLITS if len(dataset.split(name))]
     classes = max(int(values.max()) + 1 for values in labels if len(values))
@@ -430,7 +485,7 @@ def num_classes(dataset: Dataset) -> int:
     return classes
 
 
-def split_labels(dataset: Dataset, split: str) -> Tensor:
+def split_labels(dataset: Dataset | StreamedDataset, split: str) -> Tensor:
     """The labels (N,) int64 of one split; refused for a dataset without labels."""
     values = getattr(dataset, f"{split}_labels")
     if values is None:
@@ -464,20 +519,35 @@ def labelled_rows(labels: np.ndarray, count: int, classes: int, seed: int) -> np
 
 def training_loader(
     config: TrainConfig,
-    dataset: Dataset,
+    dataset: Dataset | StreamedDataset,
     transforms: Transforms,
     device: torch.device,
     conditional: bool,
+    shard: tuple[int, int] = (0, 1),
 ) -> Loader:
     """The run's training batches: rows alone, rows with their labels (a conditional
     model), or for M2 (``config.labels``) the unlabelled rows with a batch of the few
-    labelled ones added to each (:class:`aevb.data.SemiSupervisedLoader`)."""
+    labelled ones added to each (:class:`aevb.data.SemiSupervisedLoader`). ``shard``
+    ``(rank, world)``: this process's part of each batch in a data-parallel run."""
+    if dataset.streamed:
+        if config.labels is not None:
+            raise ConfigError("--labels (M2) needs the training rows in memory: not with --stream")
+        return StreamLoader(
+            dataset.source,
+            config.batch_size,
+            transforms,
+            device=device,
+            exclude=dataset.held_out,
+            workers=config.workers,
+            shard=shard,
+            labels=conditional,
+        )
     x = torch.from_numpy(dataset.train).to(device)
     if not conditional:
-        return TensorLoader(x, config.batch_size, transforms)
+        return TensorLoader(x, config.batch_size, transforms, shard=shard)
     labels = split_labels(dataset, "train").to(device)
     if config.labels is None:
-        return TensorLoader(x, config.batch_size, transforms, labels=labels)
+        return TensorLoader(x, config.batch_size, transforms, labels=labels, shard=shard)
     classes = num_classes(dataset)
     keep = labelled_rows(labels.cpu().numpy(), config.labels, classes, config.seed)
     if len(keep) >= len(x):
@@ -511,7 +581,7 @@ class RunSession:
         record: RunRecord,
         run_dir: Path,
         model: VAE,
-        dataset: Dataset,
+        dataset: Dataset | StreamedDataset,
         device: torch.device,
         callbacks: Sequence[Callback],
         progress: bool,
@@ -520,7 +590,13 @@ class RunSession:
         config, transforms = record.config, record.transforms
         self.record, self.run_dir, self.dataset, self.progress = record, run_dir, dataset, progress
         self.lock = lock or RunLock(run_dir)
+        self.parallel = parallel = current_process()
         self.objective: Objective = make_objective(config.objective, **config.objective_options())
+        if parallel.active and (self.objective.custom_update or config.labels is not None):
+            what = "--labels (M2)" if config.labels is not None else f"{config.objective!r}"
+            raise ConfigError(
+                f"{what} trains in one process only, not under torchrun with data parallelism"
+            )
         optimizer = make_optimizer(
             config.optimizer,
             self.objective.trainable_parameters(model),
@@ -528,7 +604,9 @@ class RunSession:
             config.weight_decay,
         )
         self.conditional = is_conditional(model)
-        self.loader = training_loader(config, dataset, transforms, device, self.conditional)
+        self.loader = training_loader(
+            config, dataset, transforms, device, self.conditional, shard=parallel.shard
+        )
         self.val_x = _prepared(transforms, dataset.val, device)
         self.val_labels = self._labels("val", device)
         log_det = transforms.log_abs_det_jacobian
@@ -541,10 +619,12 @@ class RunSession:
         self.checkpoints = Checkpoint(
             run_dir / LAST, run_dir / BEST, config.checkpoint_every, identity=record.identity()
         )
-        own += [MetricsFile(run_dir / METRICS_FILE), self.checkpoints, *callbacks]
-        if progress:
+        writer = parallel.writer  # the others compute alongside and write nothing
+        own += [MetricsFile(run_dir / METRICS_FILE)] if writer else []
+        own += [self.checkpoints, *callbacks]
+        if progress and writer:
             own.append(ProgressBar())
-        own += [SignalHandler(), CurvePlot(run_dir / "curves.png")]
+        own += [SignalHandler(), *([CurvePlot(run_dir / "curves.png")] if writer else [])]
         try:
             self.trainer = Trainer(
                 model,
@@ -557,6 +637,7 @@ class RunSession:
                 clip_grad_norm=config.clip_grad_norm,
                 max_nonfinite_steps=config.max_nonfinite_steps,
                 divergence_guard=config.divergence_guard,
+                distributed=parallel,
             )
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             if isinstance(error, AevbError):
@@ -606,7 +687,8 @@ class RunSession:
             compiled = should_compile(c.compile, trainer.device, steps)
             kl = self.objective.kl_rule
             tqdm.write(
-                f"{d.name}: {len(d.train)} train / {len(d.val)} validation / {len(d.test)} test, "
+                f"{d.name}: {d.num_train} train{' (streamed)' if d.streamed else ''} / "
+                f"{len(d.val)} validation / {len(d.test)} test, "
                 f"shape {d.event_shape}; data: {self.record.transforms.describe()}; objective "
                 f"{c.objective}{f', {kl.description} KL' if kl else ''}; device "
                 f"{trainer.device} ({'compiled' if compiled else 'eager'}, {c.precision}); "
@@ -636,8 +718,19 @@ class RunSession:
                 f"{error.reason}. {self._kept()}; once it can be written, continue with: aevb "
                 f"train --resume {self.run_dir}",
             ) from None
+        except RuntimeError as error:
+            if not self.parallel.lost_peer(error):
+                raise
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            raise AevbError(
+                f"process {self.parallel.rank} lost contact with the other processes of the "
+                f"run, one of which stopped ({first}). {self._kept()}; continue with: torchrun "
+                f"… -m aevb train --resume {self.run_dir}"
+            ) from None
 
     def _finish(self) -> dict:
+        if not self.parallel.writer:  # process 0 evaluates and writes the summary
+            return {}
         try:
             return self.finish()
         except StorageError as error:
@@ -723,7 +816,7 @@ class Run:
 
     def __init__(self, run_dir: Path, record: RunRecord, model: VAE):
         self.run_dir, self.record, self.model = run_dir, record, model
-        self._dataset: Dataset | None = None
+        self._dataset: Dataset | StreamedDataset | None = None
         self._checked: set[str] = set()  # the splits found to be the run's own
 
     @property
@@ -754,7 +847,7 @@ class Run:
         if name not in self._checked:
             self.record.check_data(self._dataset, self.run_dir, [name])
             self._checked.add(name)
-        rows = self._dataset.split(name)[:limit]
+        rows = self._dataset.split(name, limit)
         if len(rows) == 0:
             raise AevbError(f"the {name} split of {self.config.dataset} is empty")
         return torch.from_numpy(np.ascontiguousarray(rows))

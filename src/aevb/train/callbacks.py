@@ -130,7 +130,10 @@ class Checkpoint(Callback):
     ``identity`` (JSON values: what the state belongs to, e.g. a run's settings and data
     fingerprint) is stored in ``last`` and must match when a checkpoint is restored into this
     callback's trainer: a checkpoint of another run, or of this run before its settings were
-    edited, raises ``ValueError`` naming what differs."""
+    edited, raises ``ValueError`` naming what differs.
+
+    In a data-parallel run every process has this callback (a checkpoint gathers every
+    process's random state) and process 0 alone writes."""
 
     def __init__(
         self,
@@ -163,7 +166,8 @@ class Checkpoint(Callback):
         tensors, metadata = trainer.checkpoint()
         if self.identity is not None:
             metadata["run"] = self.identity
-        ckpt.save_checkpoint(self.last, tensors, metadata)
+        if trainer.distributed.writer:
+            ckpt.save_checkpoint(self.last, tensors, metadata)
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.every_steps and trainer.state.step % self.every_steps == 0:
@@ -171,7 +175,7 @@ class Checkpoint(Callback):
             self.save_last(trainer)
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        if self.best is not None and trainer.improved:
+        if self.best is not None and trainer.improved and trainer.distributed.writer:
             state = trainer.state
             ckpt.save_checkpoint(
                 self.best,

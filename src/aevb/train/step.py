@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aevb.conditional import bind
+from aevb.distributed import collective_failure
 from aevb.models import VAE
 from aevb.objectives import Objective
 
@@ -138,6 +139,8 @@ class CompiledStep:
                     outputs[0].backward()
                 return outputs
             except Exception as error:
+                if collective_failure(error):  # a peer process is gone: not the compiler's fault
+                    raise
                 self._fall_back(error)
                 for parameter in self.parameters:
                     parameter.grad = None
