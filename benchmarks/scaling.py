@@ -13,7 +13,7 @@ second, and the ratios streamed ÷ in memory.
 processes: epoch seconds, samples per second and the test ELBO, and each ratio to one process.
 
     python benchmarks/scaling.py stream --gigabytes 5 --steps 3000 --data-dir ../shared/data
-    python benchmarks/scaling.py ddp --processes 2 --data-dir ../shared/data
+    python benchmarks/scaling.py ddp --processes 2 --batch-size 100 --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def peak_rss() -> int:
 def measure_ddp(args: argparse.Namespace) -> None:
     folder = Path(args.work or tempfile.mkdtemp(prefix="aevb-ddp-"))
     common = ["train", "--dataset", "mnist", "--data-dir", args.data_dir, "--epochs", "1",
-              "--no-progress", "--seed", "0"]  # fmt: skip
+              "--no-progress", "--seed", "0", "--batch-size", str(args.batch_size)]  # fmt: skip
     rows = {}
     for processes in [1, *args.processes]:
         out = folder / f"p{processes}"
@@ -187,6 +187,7 @@ def main() -> None:
     stream.add_argument("--modes", nargs="+", default=["stream", "no-stream"])
     ddp = commands.add_parser("ddp", help="data-parallel processes against one")
     ddp.add_argument("--processes", type=int, nargs="+", default=[2])
+    ddp.add_argument("--batch-size", type=int, default=100, help="the global batch")
     for sub in (stream, ddp):
         sub.add_argument("--data-dir", default=os.environ.get("AEVB_DATA_DIR", "data"))
         sub.add_argument("--threads", type=int, default=2)

@@ -73,12 +73,14 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
     two processes, each with half of every batch of 100, against one process. The only
     difference is the order of float32 additions in the averaged gradient (each process's
     mean, then DDP's mean of the two, against one mean over 100 rows): about 1e-7 relative.
+    The mixture prior's parameters get no gradient from this loss, which DDP must be told.
     Adam divides each gradient by its running RMS, so where a gradient is near zero that
     rounding can move an update by a fair part of its size (lr = 1e-3); the bound, 1e-5 after
     26 steps, is 1% of one step (measured: 4.3e-8 here, 1.6e-6 with streamed rows). The
     epoch metrics agree to 1e-6 relative."""
     common = ["--dataset", "digits", "--epochs", "2", "--objective", "autoencoder"]
     common += ["--batch-size", "100", "--no-progress"]
+    common += ["--prior", "mixture"]  # parameters the autoencoder's loss leaves out
     two = torchrun(2, "train", *common, "--out", "two", cwd=tmp_path)
     assert main(["train", *common, "--out", str(tmp_path / "one"), "--threads", "1"]) == 0
     finished(two)

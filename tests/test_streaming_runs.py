@@ -203,6 +203,17 @@ def test_training_streams_a_file_larger_than_the_memory_limit(tmp_path):
     assert "Traceback" not in in_memory.stderr, in_memory.stderr[-2000:]
 
 
+def test_resume_may_change_the_reader_processes(tmp_path, digits_npy):
+    path, _ = digits_npy
+    train(_config(path, epochs=1), tmp_path / "run", progress=False)
+    summary = resume(tmp_path / "run", epochs=2, workers=1, progress=False)
+    assert summary["epochs"] == 2
+    record = json.loads((tmp_path / "run/config.json").read_text())
+    assert record["train"]["workers"] == 1
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--workers",
+                 "0", "--no-progress"]) == 0  # fmt: skip
+
+
 def test_stream_left_unset_is_recorded_as_decided(digits_npy, tmp_path):
     path, _ = digits_npy
     config = dataclasses.replace(_config(path), stream=None, workers=None, epochs=1)

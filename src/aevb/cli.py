@@ -385,6 +385,7 @@ def _train(args: argparse.Namespace) -> int:
             **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
         )
         run_dir = args.out or f"runs/{Path(config.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = parallel.broadcast(run_dir)  # process 0's clock names the folder
         with _interruptible(run_dir):
             summary = train(config, run_dir, progress=progress)
     if parallel.writer:
@@ -823,6 +824,18 @@ def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
         return EXIT_INTERRUPTED
     except AevbError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as error:
+        from aevb.distributed import collective_failure
+
+        if not collective_failure(error):
+            raise
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        print(
+            f"error: the processes of this torchrun launch could not work together ({first}); "
+            "a run folder keeps its last checkpoint",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
     except MemoryError:
         print(

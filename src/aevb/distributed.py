@@ -14,9 +14,10 @@ How the pieces divide the work (docs/scaling.md):
   process r trains on its part of each global batch (:func:`aevb.data.loaders.shard_of`), so
   N processes see exactly the batches one process sees with the same ``--batch-size`` (the
   global batch), and a run may resume with another number of processes.
-* **Randomness**: the order of each epoch comes from a random state all processes share; the
-  noise of each step (reparameterization draws, dynamic binarization of streamed rows) from a
-  state of the process's own, saved for every process in the checkpoint.
+* **Randomness**: the order of each epoch (and the binarization of rows held in memory) comes
+  from a random state all processes share, streamed rows' binarization from the epoch's seed
+  and the batch's number; each step's sampling noise from a state of the process's own, saved
+  for every process in the checkpoint.
 * **Writing**: process 0 alone writes the run folder (config, checkpoints, metrics, plots);
   the others compute with it and wait for it at each collective step.
 """

@@ -3,7 +3,8 @@
 :func:`load_streamed` opens a :class:`~aevb.data.streaming.RowSource` (an ``.npy`` or Parquet
 file, a folder of images) and holds out validation and test rows — the same fractions as the
 in-memory path (``val_fraction``, and a tenth for the test split), each at most
-:data:`MAX_HELD_OUT_ROWS`, drawn with the split seed — which are read into memory, as
+:data:`MAX_HELD_OUT_ROWS` rows and :data:`MAX_HELD_OUT_BYTES`, drawn with the split seed (not
+the rows the in-memory path would hold out of the same file) — which are read into memory, as
 evaluation needs them. The training rows are all the others; they are read batch by batch by
 a :class:`~aevb.data.streaming.StreamLoader`. Choosing the transforms and fingerprinting the
 training split take one pass over the file (:func:`~aevb.data.streaming.summarize`), made
@@ -15,6 +16,7 @@ file streams when it is larger than a quarter of the available memory.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cached_property
 from pathlib import Path
@@ -28,8 +30,10 @@ from aevb.limits import available_memory, check_memory, format_bytes
 
 __all__ = ["MAX_HELD_OUT_ROWS", "StreamedDataset", "load_streamed", "should_stream"]
 
-# Held-out rows of a streamed dataset per split, at most: they are read into memory.
+# Held-out rows of a streamed dataset per split, at most: they are read into memory (and
+# copied to each process's device), so also at most MAX_HELD_OUT_BYTES of float32 values.
 MAX_HELD_OUT_ROWS = 10_000
+MAX_HELD_OUT_BYTES = 256 << 20
 # Share of the test split, as the in-memory path holds out of a single array.
 TEST_FRACTION = 0.1
 # A file larger than this share of the available memory is streamed unless --no-stream.
@@ -124,8 +128,9 @@ def load_streamed(
     check_streamable(path)
     source = open_source(path)
     n = source.num_rows
-    test = min(MAX_HELD_OUT_ROWS, max(1, round(TEST_FRACTION * n)))
-    val = min(MAX_HELD_OUT_ROWS, round(val_fraction * (n - test)))
+    cap = max(1, min(MAX_HELD_OUT_ROWS, MAX_HELD_OUT_BYTES // (4 * math.prod(source.event_shape))))
+    test = min(cap, max(1, round(TEST_FRACTION * n)))
+    val = min(cap, round(val_fraction * (n - test)))
     if n - test - val < 1:
         raise DataError(f"{source.name} has {n} rows: too few to hold out test and validation")
     held = np.random.default_rng(split_seed).choice(n, size=test + val, replace=False)
@@ -161,7 +166,8 @@ def should_stream(path: str | os.PathLike) -> tuple[bool, str | None]:
     if target.suffix.lower() not in STREAMABLE or not target.is_file():
         return False, None
     available = available_memory()
-    size = target.stat().st_size
+    # Every process of a data-parallel run on this machine would hold its own copy.
+    size = target.stat().st_size * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if available is None or size <= STREAM_ABOVE_SHARE * available:
         return False, None
     return True, (

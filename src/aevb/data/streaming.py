@@ -552,10 +552,16 @@ class _BatchReader(Dataset):
         self.source = source
         self.labels = labels
 
-    def __getitem__(self, ids: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
+    def __getitem__(self, ids: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None] | str:
+        """The batch, or the message of the error that kept it from being read (raised again
+        as a :class:`DataError` by the training process: a worker's own exception would
+        arrive wrapped in its traceback)."""
         order = np.argsort(ids, kind="stable")
         x = np.empty((len(ids), *self.source.event_shape), dtype=np.float32)
-        x[order] = self.source.read(ids[order])
+        try:
+            x[order] = self.source.read(ids[order])
+        except (DataError, OSError, ValueError) as error:
+            return f"{self.source.name}: {error}"
         y = None
         if self.labels:
             assert self.source.labels is not None
@@ -580,7 +586,8 @@ def _default_workers(device: torch.device) -> int:
     if device.type == "cpu":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(4, max(0, (cores or 1) - 1))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # training processes here
+    return min(4, max(0, (cores or 1) // processes - 1))
 
 
 class StreamLoader:
@@ -677,8 +684,10 @@ class StreamLoader:
         )
         batches = iter(reader)
         try:
-            for number, (x, index, y) in enumerate(batches, start=skip):
-                yield self._prepare(x, index, y, seed, number)
+            for number, item in enumerate(batches, start=skip):
+                if isinstance(item, str):
+                    raise DataError(f"reading a batch failed: {item}")
+                yield self._prepare(*item, seed, number)
         finally:  # also when the epoch is abandoned: no reader process outlives it
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:

@@ -57,6 +57,7 @@ from aevb.data.streaming import StreamLoader
 from aevb.data.transforms import Transforms, choose_transforms
 from aevb.devices import resolve_device
 from aevb.diagnostics import warn_if_collapsed
+from aevb.distributed import collective_failure
 from aevb.distributed import current as current_process
 from aevb.distributions import support_is_binary, support_is_eight_bit
 from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
@@ -307,12 +308,14 @@ def start_run(
         config.check_custom_model()
     if dataset is None:
         config = _decide_streaming(config, progress and parallel.writer)
+        config = dataclasses.replace(config, stream=parallel.broadcast(config.stream))
     elif config.stream is None:
         config = dataclasses.replace(config, stream=dataset.streamed)
     if config.workers is not None and not config.stream:
         raise ConfigError("--workers sets the processes reading streamed rows: it needs --stream")
     if dataset is None:
         dataset = _load(config, progress)
+    _summarise_once(dataset)
     if model is None:
         config = config.resolved_for(dataset)
         classes = None
@@ -377,13 +380,15 @@ def resume(
     device: str | None = None,
     compile: bool | None = None,
     divergence_guard: bool | None = None,
+    workers: int | None = None,
     dataset: Dataset | StreamedDataset | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, optionally to more ``epochs``,
-    on another ``device``, with ``compile`` or the ``divergence_guard`` switched (``None``
-    keeps each as it was). The run's data must be those it was trained on (fingerprint), and
+    on another ``device``, with ``compile`` or the ``divergence_guard`` switched, with another
+    number of reader ``workers`` for streamed data (``None`` keeps each as it was). The
+    run's data must be those it was trained on (fingerprint), and
     its ``config.json`` the one its checkpoint was written with; the folder must be writable
     and not in use by another process.
 
@@ -397,13 +402,18 @@ def resume(
     parallel.on_writer(lock.acquire)
     try:
         changes = {"epochs": epochs, "device": device, "compile": compile}
-        changes["divergence_guard"] = divergence_guard
+        changes.update(divergence_guard=divergence_guard, workers=workers)
+        if workers is not None and not record.config.stream:
+            raise ConfigError(
+                "--workers sets the processes reading streamed rows: this run is not streamed"
+            )
         config = dataclasses.replace(
             record.config, **{k: v for k, v in changes.items() if v is not None}
         )
         record = dataclasses.replace(record, config=config)
         if dataset is None:
             dataset = _load(config, progress)
+        _summarise_once(dataset)
         record.check_data(dataset, run_dir)
         device_ = parallel.device(resolve_device(config.device))
         network = _build(record.spec, config, device_, dataset.num_train)
@@ -439,6 +449,15 @@ def _load(config: TrainConfig, progress: bool) -> Dataset | StreamedDataset:
     return load_dataset(
         config.dataset, config.data_dir, val_fraction=config.val_fraction, progress=progress
     )
+
+
+def _summarise_once(dataset: Dataset | StreamedDataset) -> None:
+    """In a data-parallel run, the one pass over streamed training rows (transforms,
+    fingerprint) is made by process 0 and shared, rather than made by every process."""
+    parallel = current_process()
+    if dataset.streamed and parallel.active:
+        summary = parallel.on_writer(lambda: dataset.summary)
+        dataset.__dict__["summary"] = parallel.broadcast(summary)
 
 
 def _decide_streaming(config: TrainConfig, say: bool) -> TrainConfig:
@@ -478,7 +497,7 @@ def _likelihood_values(model: VAE, dataset: Dataset | StreamedDataset) -> tuple[
 
 def num_classes(dataset: Dataset | StreamedDataset) -> int:
     """The number of classes of a labelled dataset (largest label + 1, at least 2)."""
-    labels = [split_labels(dataset, name) for name in SPLITS if len(dataset.split(name))]
+    labels = [split_labels(dataset, name) for name in SPLITS]
     classes = max(int(values.max()) + 1 for values in labels if len(values))
     if classes < 2:
         raise DataError(f"{dataset.name} has a single class; labels need at least two")
@@ -640,7 +659,7 @@ class RunSession:
                 distributed=parallel,
             )
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            if isinstance(error, AevbError):
+            if isinstance(error, AevbError) or collective_failure(error):
                 raise
             raise ConfigError(f"the model does not fit the data: {error}") from error
         self._started = time.perf_counter()
@@ -670,7 +689,7 @@ class RunSession:
         try:
             self.checkpoints.check_identity(comparable_identity(metadata.get("run")))
             self.trainer.restore(tensors, metadata)
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
             raise AevbError(f"checkpoint {path} does not fit this run: {error}") from error
 
     def close(self) -> None:

@@ -66,6 +66,8 @@ DIAGNOSIS_ROWS = 1000
 # healthy run improves on its untrained model; one this far below it has left any useful
 # region (Adam at lr 1e3 on digits reaches −5e12 against −44 untrained).
 DIVERGENCE_FACTOR = 100.0
+# In a data-parallel run, steps between the processes' checks for a stop requested by a signal.
+STOP_AGREEMENT_STEPS = 20
 
 
 @dataclass
@@ -148,12 +150,12 @@ class Trainer:
         self._clock: float | None = None
         self.distributed = distributed or Distributed()
         self._parallel: nn.Module | None = None
-        if self.distributed.active:
-            self._start_data_parallel()
         # Decided once, eagerly, before any (compiled) step: the KL rule, per-datapoint state.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             head = data.head(2)
             objective.prepare(bind(model, head.y), head.x, data.num_examples)
+        if self.distributed.active:
+            self._start_data_parallel()
 
     # ----------------------------------------------------------------------------- loop
     @property
@@ -166,6 +168,8 @@ class Trainer:
         self.epochs = int(epochs)
         if self.training_step is None:
             enabled = should_compile(self.compile, self.device, self.epochs * self.steps_per_epoch)
+            if self._parallel is not None and self.compile is None:
+                enabled = False  # compiled DDP is not yet proven on a GPU: asked for, not chosen
             function = training_loss if self._parallel is None else self._parallel
             self.training_step = CompiledStep(
                 function, self.device, enabled, self.model.parameters()
@@ -198,6 +202,11 @@ class Trainer:
         state = self.state
         self._start_clock()  # the epoch's data draw counts as training time
         ckpt.set_rng_state(self._epoch_start_rng)
+        if self._parallel is not None and self.device.type == "cuda":
+            # The order and binarization drawn on the GPU come from its generator, seeded here
+            # from the shared CPU state: the same in every process, whatever the checkpoint
+            # kept of other devices' generators.
+            torch.cuda.manual_seed(int(torch.randint(2**62, ())))
         batches = self.data.epoch(skip=state.step_in_epoch)
         if self._parallel is not None:  # the shared state for the next epoch; then our own
             self._next_epoch_rng = ckpt.rng_state()
@@ -206,6 +215,9 @@ class Trainer:
             ckpt.set_rng_state(self._rng_after_restore)
             self._rng_after_restore = None
         refresh = max(1, self.steps_per_epoch // 10)
+        # Data-parallel processes agree on a signal's stop at least this often (torchrun
+        # kills its processes 30 s after forwarding a signal).
+        agree = min(refresh, STOP_AGREEMENT_STEPS)
         parameters = list(self.model.parameters())
         # Per step: 1.0 where the step was not finite (and skipped); read at sync points.
         self._fault_flags = torch.zeros(self.steps_per_epoch, device=self.device)
@@ -236,12 +248,14 @@ class Trainer:
                 self.collect_faults()
                 if self._parallel is not None:
                     self._reduce_sums()
-                    if self.distributed.any(self.stop_signal is not None):  # all stop together
-                        self._stop_for_signal()
                 for callback in self.callbacks:
                     callback.on_progress(self)
-            if self.stop_signal is not None and self._parallel is None:
-                self._stop_for_signal()
+            if self._parallel is None:
+                if self.stop_signal is not None:
+                    self._stop_for_signal()
+            elif state.step_in_epoch % agree == 0:  # every process stops at the same step
+                if self.distributed.any(self.stop_signal is not None):
+                    self._stop_for_signal()
         self._fold_clock(stop=True)
         self.collect_faults()
         return self._end_epoch()
@@ -314,12 +328,30 @@ class Trainer:
                 "data-parallel training does not support; train it in one process"
             )
         local = [self.device.index] if self.device.type == "cuda" else None
-        # DDP makes every process start from process 0's parameters and buffers.
-        self._parallel = DistributedDataParallel(_LossOfModel(self.model), device_ids=local)
+        # DDP makes every process start from process 0's parameters and buffers; it must be
+        # told of parameters the loss leaves out (a prior's under the autoencoder objective).
+        self._parallel = DistributedDataParallel(
+            _LossOfModel(self.model),
+            device_ids=local,
+            find_unused_parameters=bool(self._unused_parameters()),
+        )
         self._epoch_start_rng = self.distributed.broadcast(self._epoch_start_rng)
         self._noise_rng = self._own_noise_state(self._epoch_start_rng)
         self._next_epoch_rng = self._epoch_start_rng
         self._reduced_sums = self._epoch_sums.clone()
+
+    def _unused_parameters(self) -> list[str]:
+        """Names of the parameters that get no gradient from the loss on two training rows
+        (found once, leaving the random state and the gradients as they were)."""
+        head = self.data.head(2)
+        one = torch.ones((), device=self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            loss, _ = training_loss(self.model, self.objective, head.x, one, "float32", head.y)
+            loss.backward()
+        unused = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        self.model.zero_grad(set_to_none=True)
+        return unused
 
     def _own_noise_state(self, shared: dict[str, Tensor]) -> dict[str, Tensor]:
         """A random state for this process's noise, derived from a state all processes share
@@ -427,7 +459,8 @@ class Trainer:
                 f"{', …' if len(bad) > 4 else ''} are no longer finite (an update overflowed), "
                 f"so the state in memory is not good and was not saved. {advice}"
             )
-        if value is None and self._epoch_sums[3].item() > 0:
+        sums = self._epoch_sums if self._parallel is None else self._reduced_sums
+        if value is None and sums[3].item() > 0:
             value = self.running_value()
         reference = state.reference_value
         if not self.divergence_guard or value is None or reference is None:
@@ -505,6 +538,8 @@ class Trainer:
             record["nonfinite_steps"] = skipped
         for callback in self.callbacks:
             callback.on_validation(self, record)
+        if self._parallel is not None:  # process 0's values decide for all (best, stopping)
+            record = self.distributed.broadcast(record)
         record["epoch_seconds"] = state.train_seconds - state.epoch_started_seconds
         self._track_best(record)
         state.history.append(record)
@@ -517,7 +552,7 @@ class Trainer:
             self._noise_rng = ckpt.rng_state()
             self._epoch_start_rng = self._next_epoch_rng
         self._epoch_sums = torch.zeros(4, device=self.device)
-        self._reduced_sums = self._epoch_sums
+        self._reduced_sums = self._epoch_sums.clone()
         for callback in self.callbacks:
             callback.on_epoch_end(self, record)
         return record
@@ -597,6 +632,13 @@ class Trainer:
         # epoch's permutation is redrawn; at an epoch boundary the two states are the same.
         mid_epoch = self.state.step_in_epoch > 0
         self._rng_after_restore = ckpt.unprefixed("rng.", tensors) if mid_epoch else None
+        if any(name.startswith("process_rng.") for name in tensors):
+            tqdm.write(
+                f"notice: the checkpoint was written by a data-parallel run and one process "
+                f"resumes it: the data continue exactly from step {self.state.step}, the "
+                "sampling noise is process 0's",
+                file=sys.stderr,
+            )
 
     def _restore_data_parallel(self, tensors: dict[str, Tensor]) -> None:
         """Each process's random state from a checkpoint of a data-parallel run, and the
@@ -617,9 +659,9 @@ class Trainer:
                     f"{self.state.step}, the sampling noise is drawn afresh",
                     file=sys.stderr,
                 )
+        self._reduced_sums = self._epoch_sums.clone()  # the same in every process
         if not self.distributed.writer:
             self._epoch_sums = torch.zeros_like(self._epoch_sums)
-        self._reduced_sums = self._epoch_sums
 
 
 class _LossOfModel(nn.Module):
