@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,6 +168,27 @@ def test_a_killed_process_leaves_a_checkpoint_the_run_resumes_from(tmp_path):
     assert metadata["state"]["step"] >= 20
     finished(torchrun(2, "train", "--resume", "run", "--epochs", str(done + 1), cwd=tmp_path))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == done + 1
+
+
+def test_a_signal_stops_every_process_at_the_same_step_with_a_checkpoint(tmp_path):
+    """SIGTERM to torchrun (which forwards it): both processes stop at one step, process 0
+    checkpoints it mid-epoch with both processes' random states, and the run resumes."""
+    args = ["train", "--dataset", "digits", "--epochs", "5000", "--no-compile", "--no-progress"]
+    run = torchrun(2, *args, "--out", "run", cwd=tmp_path)
+    config = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not config.exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert config.exists(), "no epoch finished"
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    stops = re.findall(r"training interrupted \(signal 15\) at epoch \d+, step (\d+)", err)
+    assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]
+    assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err
+    _, metadata = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert metadata["state"]["step"] == int(stops[0])
+    done = metadata["state"]["epoch"]
+    finished(torchrun(2, "train", "--resume", "run", "--epochs", str(done + 1), cwd=tmp_path))
 
 
 def test_sharded_evaluation_combines_the_parts_exactly(tmp_path):

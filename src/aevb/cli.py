@@ -819,7 +819,10 @@ def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except TrainingInterrupted as interrupted:
-        hint = f". Continue with: aevb train --resume {interrupted.run_dir}"
+        from aevb.distributed import launched_by_torchrun
+
+        launcher = "torchrun … -m aevb" if launched_by_torchrun() else "aevb"
+        hint = f". Continue with: {launcher} train --resume {interrupted.run_dir}"
         print(f"\n{interrupted}{hint if interrupted.run_dir else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except AevbError as error:
