@@ -4,9 +4,9 @@
 their pixels jittered, ``--gigabytes`` in all (784 float32 values a row) — then trains the
 paper's model (784-500-20, batch 100) on it for ``--steps`` steps twice, each in a fresh
 process: streamed (``--stream``) and loaded into memory (``--no-stream``). Reports each
-process's peak resident memory (``ru_maxrss``), its start-up time (loading, or the streaming
-pass that chooses the transforms and fingerprints the file) and its training samples per
-second, and the ratios streamed ÷ in memory.
+process's peak resident memory (VmHWM), its start-up time (loading, or the streaming pass
+that chooses the transforms and fingerprints the file) and its training samples per second
+over steps 2 … ``--steps``, and the ratios streamed ÷ in memory.
 
 ``ddp``: one epoch of MNIST (the paper's model) with ``torchrun --nproc-per-node N`` for N in
 ``--processes`` (one thread each) against one process with as many threads, all in fresh
