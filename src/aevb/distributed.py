@@ -44,6 +44,7 @@ __all__ = [
     "current",
     "init_from_environment",
     "launched_by_torchrun",
+    "processes_on_this_machine",
 ]
 
 # The environment torchrun (and any torch.distributed launcher) sets in each process.
@@ -166,6 +167,11 @@ def collective_failure(error: BaseException) -> bool:
         return True
     text = str(error)
     return any(mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed"))
+
+
+def processes_on_this_machine() -> int:
+    """Training processes torchrun started on this machine (``LOCAL_WORLD_SIZE``; 1 alone)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def launched_by_torchrun() -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 
 from aevb.data.datasets import DATASETS, Examples, fingerprint_of
 from aevb.data.streaming import RowSource, StreamSummary, open_source, summarize
+from aevb.distributed import processes_on_this_machine
 from aevb.errors import DataError
 from aevb.limits import available_memory, check_memory, format_bytes
 
@@ -167,7 +168,7 @@ def should_stream(path: str | os.PathLike) -> tuple[bool, str | None]:
         return False, None
     available = available_memory()
     # Every process of a data-parallel run on this machine would hold its own copy.
-    size = target.stat().st_size * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    size = target.stat().st_size * processes_on_this_machine()
     if available is None or size <= STREAM_ABOVE_SHARE * available:
         return False, None
     return True, (

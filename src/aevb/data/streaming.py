@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tokenize
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from aevb.data.loaders import Batch, shard_of
-from aevb.data.tables import to_float32
+from aevb.data.tables import read_npy_header, to_float32
 from aevb.data.transforms import Standardize, Transforms, on_eight_bit_grid
+from aevb.distributed import processes_on_this_machine
 from aevb.errors import ConfigError, DataError
 
 __all__ = [
@@ -123,17 +123,10 @@ class NpySource:
         self.name = str(self.path)
         try:
             with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                shape, dtype = self._header(f)
+                shape, dtype = self._header(f, os.fstat(f.fileno()).st_size)
                 self._offset = f.tell()
         except OSError as e:
             raise DataError(f"{self.name}: cannot read .npy file ({type(e).__name__}: {e})") from e
-        declared = math.prod(shape) * dtype.itemsize
-        if size - self._offset != declared:
-            raise DataError(
-                f"{self.name}: header declares shape {shape} of {dtype} ({declared} bytes) but "
-                f"the file holds {size - self._offset} bytes of data (truncated or corrupt)"
-            )
         self._dtype = dtype
         self._row_shape = shape[1:]
         self._row_bytes = math.prod(shape[1:]) * dtype.itemsize
@@ -154,27 +147,16 @@ class NpySource:
             raise ValueError(f"block_rows must be at least 1, got {block_rows}")
         self.blocks = _ranges(self.num_rows, block_rows)
 
-    def _header(self, f: Any) -> tuple[tuple[int, ...], np.dtype]:
-        """The array's shape and dtype from an .npy header, checked; ``f`` is left at the data."""
-        fmt = np.lib.format
-        # What numpy raises for a bad magic string or header (it lets the last two escape).
-        errors = (ValueError, EOFError, SyntaxError, tokenize.TokenError)
+    def _header(self, f: Any, size: int) -> tuple[tuple[int, ...], np.dtype]:
+        """The array's shape and dtype from the .npy header of ``f`` (``size`` bytes),
+        checked as the in-memory path checks it and for reading by rows; ``f`` is left at the
+        data."""
         try:
-            version = fmt.read_magic(f)
-        except errors as e:
+            shape, fortran, dtype = read_npy_header(f, size, self.name)
+        except DataError:
+            raise
+        except (ValueError, EOFError) as e:  # numpy's words for a file that is not .npy
             raise DataError(f"{self.name}: not an .npy file ({e})") from e
-        if version not in ((1, 0), (2, 0)):
-            raise DataError(f"{self.name}: unsupported .npy format version {version}")
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        try:
-            shape, fortran, dtype = read(f)
-        except errors as e:
-            raise DataError(f"{self.name}: malformed .npy header ({e})") from e
-        if dtype.kind not in "biuf":
-            raise DataError(
-                f"{self.name}: values must be numeric, got dtype {dtype} (Python objects are "
-                "never unpickled)"
-            )
         if fortran:
             raise DataError(
                 f"{self.name}: the array is stored in Fortran (column-major) order, which cannot "
@@ -192,7 +174,7 @@ class NpySource:
                 f"{self.name}: a 4-D array must hold images as (N, C, H, W) or (N, H, W, C) "
                 f"with C of {', '.join(map(str, _CHANNELS))} channels, got shape {shape}"
             )
-        return tuple(int(s) for s in shape), dtype
+        return shape, dtype
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
@@ -586,8 +568,7 @@ def _default_workers(device: torch.device) -> int:
     if device.type == "cpu":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # training processes here
-    return min(4, max(0, (cores or 1) // processes - 1))
+    return min(4, max(0, (cores or 1) // processes_on_this_machine() - 1))
 
 
 class StreamLoader:

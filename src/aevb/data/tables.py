@@ -161,12 +161,13 @@ def where(path: Path, key: str) -> str:
     return f"{path} [{key!r}]" if key else str(path)
 
 
-def _read_npy(f: BinaryIO, nbytes: int, where: str) -> np.ndarray:
-    """Read one .npy stream of ``nbytes`` bytes without unpickling anything.
-
-    The header is checked before any allocation, so a file that declares more data than it
-    holds (or Python objects) is refused instead of exhausting memory or running pickle code.
-    """
+def read_npy_header(f: BinaryIO, nbytes: int, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The (shape, Fortran order, dtype) of the .npy stream ``f`` of ``nbytes`` bytes, read
+    without unpickling anything and left at the data; refused (:class:`DataError`) unless the
+    values are numbers and the stream holds exactly the bytes its header declares — checked
+    before any allocation, so a file declaring more than it holds (or Python objects) costs
+    neither memory nor pickle code. A stream that is not .npy at all raises numpy's
+    ``ValueError``/``EOFError``, for the caller to word."""
     fmt = np.lib.format
     version = fmt.read_magic(f)
     if version not in ((1, 0), (2, 0)):
@@ -182,8 +183,16 @@ def _read_npy(f: BinaryIO, nbytes: int, where: str) -> np.ndarray:
     if nbytes - f.tell() != declared:
         raise DataError(
             f"{where}: header declares shape {shape} of {dtype} ({declared} bytes) but the file "
-            f"holds {nbytes - f.tell()} bytes of data"
+            f"holds {nbytes - f.tell()} bytes of data (truncated or corrupt)"
         )
+    return tuple(int(s) for s in shape), bool(fortran), dtype
+
+
+def _read_npy(f: BinaryIO, nbytes: int, where: str) -> np.ndarray:
+    """Read one .npy stream of ``nbytes`` bytes without unpickling anything
+    (:func:`read_npy_header` first)."""
+    shape, fortran, dtype = read_npy_header(f, nbytes, where)
+    declared = math.prod(shape) * dtype.itemsize
     data = f.read(declared)
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 

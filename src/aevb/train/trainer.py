@@ -298,7 +298,7 @@ class Trainer:
     def running_value(self) -> float:
         """The epoch's running mean of the judged metric so far (a host sync)."""
         index = {"elbo": 0, "reconstruction": 1}.get(self.objective.judged_by, 0)
-        sums = self._epoch_sums if self._parallel is None else self._reduced_sums
+        sums = self._sums_so_far
         value, rows = sums[index].item(), sums[3].item()
         return value / max(rows, 1) + self.data.transforms.log_abs_det_jacobian
 
@@ -339,6 +339,7 @@ class Trainer:
         self._noise_rng = self._own_noise_state(self._epoch_start_rng)
         self._next_epoch_rng = self._epoch_start_rng
         self._reduced_sums = self._epoch_sums.clone()
+        self._scale = torch.ones((), device=self.device)  # refilled each step (_local_part)
 
     def _unused_parameters(self) -> list[str]:
         """Names of the parameters that get no gradient from the loss on two training rows
@@ -374,10 +375,16 @@ class Trainer:
             self.data.batch_size,
             self.data.num_examples - self.state.step_in_epoch * self.data.batch_size,
         )
-        factor = len(x) * self.distributed.world / global_rows
+        self._scale.fill_(len(x) * self.distributed.world / global_rows)
         if len(x) == 0:
             x, _, labels = self.data.head(1)
-        return x, labels, torch.tensor(factor, device=self.device)
+        return x, labels, self._scale
+
+    @property
+    def _sums_so_far(self) -> Tensor:
+        """The epoch's metric sums as of the last synchronisation: this process's, or in a
+        data-parallel run those of every process (the same in all)."""
+        return self._epoch_sums if self._parallel is None else self._reduced_sums
 
     def _reduce_sums(self) -> Tensor:
         """The epoch's metric sums over every process (a collective, at the loop's sync
@@ -459,7 +466,7 @@ class Trainer:
                 f"{', …' if len(bad) > 4 else ''} are no longer finite (an update overflowed), "
                 f"so the state in memory is not good and was not saved. {advice}"
             )
-        sums = self._epoch_sums if self._parallel is None else self._reduced_sums
+        sums = self._sums_so_far
         if value is None and sums[3].item() > 0:
             value = self.running_value()
         reference = state.reference_value
