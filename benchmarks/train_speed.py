@@ -10,8 +10,10 @@
 * ``aevb-plain``: one epoch of the :class:`aevb.train.Trainer` that ``aevb train`` builds
   (:func:`aevb.runs.start_run`), with ``compile=False`` (eager
   step; permutation and dynamic binarization on the device, device-side metrics, fused Adam),
-  then the validation ELBO and a checkpoint, as in a real run.
-* ``aevb-fast``: the same with ``compile=True``: the step through ``torch.compile`` (and CUDA
+  then the validation ELBO and a checkpoint, as in a real run, without TensorBoard.
+* ``aevb-tensorboard``: ``aevb-plain`` with TensorBoard logging on (every step's loss, the
+  epoch's curves, sample and reconstruction grids; :mod:`aevb.train.tensorboard`).
+* ``aevb-fast``: ``aevb-plain`` with ``compile=True``: the step through ``torch.compile`` (and CUDA
   graphs on a GPU). Its compile happens in the discarded warm-up round.
 
 The loops run interleaved, round after round, and the median epoch time of each is reported
@@ -104,7 +106,13 @@ def aevb_epoch(trainer: Trainer, loop_seconds: list[float]) -> None:
     loop_seconds.append(trainer.state.train_seconds - before)
 
 
-LOOPS = ["conventional", "bare", "bare-fused", "aevb-plain", "aevb-fast"]
+LOOPS = ["conventional", "bare", "bare-fused", "aevb-plain", "aevb-tensorboard", "aevb-fast"]
+# aevb loop → (compile, tensorboard)
+AEVB_LOOPS = {
+    "aevb-plain": (False, False),
+    "aevb-tensorboard": (False, True),
+    "aevb-fast": (True, False),
+}
 
 
 def main() -> None:
@@ -142,16 +150,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as run_dir:
             sessions = {
                 name: start_run(
-                    dataclasses.replace(config, compile=compile_step),
+                    dataclasses.replace(config, compile=compile_step, tensorboard=tensorboard),
                     f"{run_dir}/{name}",
                     dataset=dataset,
                     progress=False,
                 )
-                for name, compile_step in (("aevb-plain", False), ("aevb-fast", True))
+                for name, (compile_step, tensorboard) in AEVB_LOOPS.items()
+                if name in args.loops
             }
             trainers = {name: session.trainer for name, session in sessions.items()}
             for trainer in trainers.values():
                 trainer.setup(config.epochs)
+                for callback in trainer.callbacks:  # as fit() does: the TensorBoard writer
+                    callback.on_fit_start(trainer)
             grey = torch.from_numpy(dataset.train.reshape(len(dataset.train), -1)).to(device)
             binary = torch.bernoulli(grey)
             reference = BareVAE(dataset.data_dim, 500, 20).to(device)
@@ -183,8 +194,11 @@ def main() -> None:
                         torch.cuda.synchronize()
                     if round_index:
                         times[name].append(time.perf_counter() - started)
-            fallen_back = not trainers["aevb-fast"].training_step.active
+            fast = trainers.get("aevb-fast")
+            fallen_back = fast is not None and not fast.training_step.active
             for session in sessions.values():
+                for callback in session.trainer.callbacks:
+                    callback.close(session.trainer)
                 session.close()  # the run folders' locks
         bare = statistics.median(times["bare"]) if "bare" in times else math.nan
         print(f"\nbatch size {batch_size}, median of {args.rounds} epochs")

@@ -267,19 +267,23 @@ class Objective:
         """Restore what :meth:`state_tensors` returned."""
 
     @torch.no_grad()
-    def metrics(self, model: VAE, x: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+    def metrics(self, model: VAE, x: Tensor, labels: Tensor | None = None) -> dict[str, Any]:
         """Held-out metrics of ``model`` on x (nats per example, model space; ``labels`` (N,)
         for a conditional model): by default the ELBO by estimator B with one sample per row,
-        its reconstruction and KL, and the number of active units."""
+        its reconstruction and KL, the number of active units, and the KL of each latent
+        dimension (a list; only where the KL splits over dimensions)."""
         from aevb.evaluation import evaluate
 
         result = evaluate(model, x, 1, batch_size=METRICS_BATCH, seed=METRICS_SEED, labels=labels)
-        return {
+        metrics: dict[str, Any] = {
             "elbo": result.elbo,
             "reconstruction": result.reconstruction,
             "kl": result.kl,
             "active_units": result.active_units,
         }
+        if result.kl_per_dim is not None:
+            metrics["kl_per_dim"] = result.kl_per_dim
+        return metrics
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_samples={self.num_samples})"
@@ -726,7 +730,7 @@ def make_objective(name: str, **options: Any) -> Objective:
 
 def held_out_metrics(
     objective: Objective, model: VAE, x: Tensor, labels: Tensor | None = None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``objective.metrics(model, x)``, with ``labels`` for a conditional model (an objective
     of one's own that takes no labels is called without them)."""
     if labels is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,13 @@ def save_reconstructions(
 ) -> None:
     """Rows of originals (odd rows), each followed by their reconstructions (even rows).
     Shapes: (N, C, H, W)."""
+    save_image_grid(interleaved(originals, reconstructions, ncols), path, ncols=ncols)
+
+
+def interleaved(originals: Tensor, reconstructions: Tensor, ncols: int = 8) -> Tensor:
+    """Images (N, C, H, W) → rows of ``ncols`` originals each followed by a row of their
+    reconstructions (a short last pair padded with blank images), as one (M, C, H, W) on the
+    CPU."""
     rows = []
     for start in range(0, len(originals), ncols):
         rows += [originals[start : start + ncols], reconstructions[start : start + ncols]]
@@ -83,8 +91,7 @@ def save_reconstructions(
         if missing:  # pad a short last pair of rows with blank images
             blank = torch.ones(missing, *originals.shape[1:])
             rows[-2:] = [torch.cat((row.cpu(), blank)) for row in rows[-2:]]
-    stacked = torch.cat([row.cpu() for row in rows])
-    save_image_grid(stacked, path, ncols=ncols)
+    return torch.cat([row.cpu() for row in rows])
 
 
 METRIC_LABELS = {
@@ -111,6 +118,47 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, metric: str 
     save_figure(figure, path)
 
 
+@dataclass
+class ImagePanels:
+    """What a run shows of a model of images, in the data's units: ``samples`` (N, C, H, W)
+    (a conditional model's in ``sample_columns`` columns, one per class), and test
+    ``originals`` with their ``reconstructions`` (M, C, H, W)."""
+
+    samples: Tensor
+    sample_columns: int | None
+    originals: Tensor
+    reconstructions: Tensor
+
+
+@torch.no_grad()
+def image_panels(
+    model: VAE,
+    test_x: Tensor,
+    inverse=None,
+    num_images: int = 64,
+    labels: Tensor | None = None,
+    num_reconstructions: int = 16,
+) -> ImagePanels:
+    """Samples (drawn with the fixed seed 0, leaving the global random state alone) and
+    reconstructions of the first test rows ``test_x`` (model space); ``inverse`` maps model
+    outputs back to the data's units. A conditional model's samples take the classes in turn
+    and its reconstructions the test ``labels``."""
+    inverse = inverse or (lambda values: values)
+    columns = None
+    if is_conditional(model):
+        columns = model.num_classes
+        num_images = columns * max(1, num_images // columns)
+    with fixed_randomness(0, test_x.device):
+        samples = model.sample(num_images)
+    originals = test_x[:num_reconstructions]
+    if columns is not None:
+        assert labels is not None
+        reconstructed = model.reconstruct(originals, labels[:num_reconstructions])
+    else:
+        reconstructed = model.reconstruct(originals)
+    return ImagePanels(inverse(samples), columns, inverse(originals), inverse(reconstructed))
+
+
 def write_image_plots(
     run_dir: str | Path,
     model: VAE,
@@ -119,29 +167,12 @@ def write_image_plots(
     num_images: int = 64,
     labels: Tensor | None = None,
 ) -> None:
-    """``samples.png`` and ``reconstructions.png`` in ``run_dir``, for image data (N, C, H, W);
-    ``inverse`` maps model outputs back to the data's units. A conditional model's samples
-    take the classes in turn (a column of the grid per class) and its reconstructions the
-    test ``labels``."""
+    """``samples.png`` and ``reconstructions.png`` in ``run_dir``, for image data (N, C, H, W)
+    (:func:`image_panels`)."""
     run_dir = Path(run_dir)
-    inverse = inverse or (lambda values: values)
-    conditional = is_conditional(model)
-    columns = None
-    if conditional:
-        columns = model.num_classes
-        num_images = columns * max(1, num_images // columns)
-    with fixed_randomness(0, test_x.device):
-        samples = model.sample(num_images)
-    save_image_grid(inverse(samples), run_dir / "samples.png", ncols=columns)
-    originals = test_x[:16]
-    if conditional:
-        assert labels is not None
-        reconstructed = model.reconstruct(originals, labels[:16])
-    else:
-        reconstructed = model.reconstruct(originals)
-    save_reconstructions(
-        inverse(originals), inverse(reconstructed), run_dir / "reconstructions.png"
-    )
+    panels = image_panels(model, test_x, inverse, num_images, labels)
+    save_image_grid(panels.samples, run_dir / "samples.png", ncols=panels.sample_columns)
+    save_reconstructions(panels.originals, panels.reconstructions, run_dir / "reconstructions.png")
 
 
 METHOD_COLOURS = {"aevb": "tab:blue", "wake-sleep": "tab:orange", "mcem": "tab:green"}

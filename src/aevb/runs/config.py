@@ -34,6 +34,7 @@ from aevb.networks import ACTIVATIONS, INITIALISATIONS
 from aevb.objectives import OBJECTIVES, ScoreFunction, objective_class
 from aevb.priors import PRIORS
 from aevb.train.optim import OPTIMIZERS
+from aevb.train.schedules import LR_SCHEDULES, SCHEDULE_OPTIONS
 from aevb.train.step import PRECISIONS
 
 __all__ = ["GROUPS", "TrainConfig", "setting_fields"]
@@ -300,6 +301,33 @@ class TrainConfig:
     clip_grad_norm: float | None = setting(
         None, "clip the gradient norm at this value", "optimizer", default_text="off"
     )
+    lr_schedule: str = setting(
+        "constant",
+        "the learning rate after the warm-up: constant; cosine (down to --lr-final × --lr at "
+        "the last step); step (× --lr-decay every --lr-step-epochs epochs); plateau (× "
+        "--lr-decay after --lr-patience epochs without a better judged metric)",
+        "optimizer",
+        choices=LR_SCHEDULES,
+    )
+    lr_warmup_steps: int = setting(
+        0, "steps of linear learning-rate warm-up from --lr / N (0: none)", "optimizer", minimum=0
+    )
+    lr_decay: float = setting(
+        0.1, "factor of the step and plateau schedules", "optimizer", minimum=0.0, maximum=1.0
+    )
+    lr_step_epochs: int = setting(
+        10, "epochs between the step schedule's decays", "optimizer", minimum=1
+    )
+    lr_patience: int = setting(
+        5, "epochs without improvement before the plateau schedule decays", "optimizer", minimum=1
+    )
+    lr_final: float = setting(
+        0.0,
+        "the cosine schedule's last learning rate, as a fraction of --lr",
+        "optimizer",
+        minimum=0.0,
+        maximum=1.0,
+    )
     # training
     batch_size: int = setting(100, "minibatch size M", "training", minimum=1)
     epochs: int = setting(
@@ -347,6 +375,14 @@ class TrainConfig:
         "each such step is skipped",
         "training",
         minimum=1,
+    )
+    tensorboard: bool | None = setting(
+        None,
+        "write TensorBoard curves, images and hyperparameters to RUN/tensorboard (pip install "
+        "'aevb[tensorboard]')",
+        "training",
+        default_text="on when the tensorboard package is installed",
+        resumable=True,
     )
     divergence_guard: bool = setting(
         True,
@@ -430,6 +466,14 @@ class TrainConfig:
             if name not in accepted and getattr(self, name) != defaults[name].default:
                 problems.append(f"--{_flag(name)} does not apply to the {self.objective} objective")
         problems += self._label_problems()
+        for name, shapes in SCHEDULE_OPTIONS.items():
+            if self.lr_schedule not in shapes and getattr(self, name) != defaults[name].default:
+                problems.append(
+                    f"--{_flag(name)} applies to --lr-schedule {' or '.join(shapes)}, not "
+                    f"{self.lr_schedule}"
+                )
+        if self.lr_decay == 0:
+            problems.append("lr_decay must be above 0 (0 would stop training)")
         if self.free_bits and self.posterior != "diagonal":
             problems.append("free bits need a diagonal posterior, whose KL splits per dimension")
         flow = self.posterior in FLOW_POSTERIORS

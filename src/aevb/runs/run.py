@@ -15,7 +15,9 @@ A run folder holds:
   ``val_<metric>`` (the ELBO, its reconstruction and KL; the reconstruction alone for an
   autoencoder), ``epoch_seconds`` (that epoch's training time);
 * ``summary.json`` — the test metrics of the best weights, the best epoch, times;
-* ``curves.png``, and for images ``samples.png`` and ``reconstructions.png``.
+* ``curves.png``, and for images ``samples.png`` and ``reconstructions.png``;
+* ``tensorboard/`` — TensorBoard event files (:mod:`aevb.train.tensorboard`), where the
+  ``tensorboard`` package is installed or ``--tensorboard`` is given.
 
 Under ``torchrun`` (:mod:`aevb.distributed`) every process builds the same run and
 trains its part of each batch; process 0 alone checks and writes the folder, holds its lock,
@@ -88,7 +90,9 @@ from aevb.train.callbacks import (
     in_data_units,
 )
 from aevb.train.optim import make_optimizer
+from aevb.train.schedules import make_schedule
 from aevb.train.step import should_compile
+from aevb.train.tensorboard import TensorBoard, tensorboard_available
 from aevb.train.trainer import Trainer
 
 __all__ = [
@@ -112,6 +116,7 @@ LAST = "checkpoints/last.safetensors"
 BEST = "checkpoints/best.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
 SPLITS = ("train", "val", "test")
 # Rows classified at once by Run.classification_error.
 CLASSIFY_BATCH = 10_000
@@ -381,12 +386,14 @@ def resume(
     compile: bool | None = None,
     divergence_guard: bool | None = None,
     workers: int | None = None,
+    tensorboard: bool | None = None,
     dataset: Dataset | StreamedDataset | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, optionally to more ``epochs``,
-    on another ``device``, with ``compile`` or the ``divergence_guard`` switched, with another
+    on another ``device``, with ``compile``, the ``divergence_guard`` or ``tensorboard``
+    switched, with another
     number of reader ``workers`` for streamed data (``None`` keeps each as it was). The
     run's data must be those it was trained on (fingerprint), and
     its ``config.json`` the one its checkpoint was written with; the folder must be writable
@@ -402,7 +409,7 @@ def resume(
     parallel.on_writer(lock.acquire)
     try:
         changes = {"epochs": epochs, "device": device, "compile": compile}
-        changes.update(divergence_guard=divergence_guard, workers=workers)
+        changes.update(divergence_guard=divergence_guard, workers=workers, tensorboard=tensorboard)
         if workers is not None and not record.config.stream:
             raise ConfigError(
                 "--workers sets the processes reading streamed rows: this run is not streamed"
@@ -640,16 +647,38 @@ class RunSession:
         )
         writer = parallel.writer  # the others compute alongside and write nothing
         own += [MetricsFile(run_dir / METRICS_FILE)] if writer else []
+        if writer and _tensorboard_on(config):
+            own.append(
+                TensorBoard(
+                    run_dir / TENSORBOARD_DIR,
+                    config.to_dict(),
+                    self.val_x if dataset.is_image and len(self.val_x) else None,
+                    transforms.inverse,
+                    self.val_labels,
+                )
+            )
         own += [self.checkpoints, *callbacks]
         if progress and writer:
             own.append(ProgressBar())
         own += [SignalHandler(), *([CurvePlot(run_dir / "curves.png")] if writer else [])]
+        schedule = make_schedule(
+            optimizer,
+            config.lr_schedule,
+            config.lr_warmup_steps,
+            config.epochs,
+            len(self.loader),
+            gamma=config.lr_decay,
+            step_epochs=config.lr_step_epochs,
+            patience=config.lr_patience,
+            minimum=config.lr_final,
+        )
         try:
             self.trainer = Trainer(
                 model,
                 self.objective,
                 self.loader,
                 optimizer,
+                schedule,
                 callbacks=own,
                 compile=config.compile,
                 precision=config.precision,
@@ -810,6 +839,11 @@ class RunSession:
         if not self.conditional:
             return None
         return split_labels(self.dataset, split).to(device)
+
+
+def _tensorboard_on(config: TrainConfig) -> bool:
+    """``--tensorboard`` as given; by default, on where the package is installed."""
+    return tensorboard_available() if config.tensorboard is None else config.tensorboard
 
 
 def _prepared(transforms: Transforms, rows: np.ndarray, device: torch.device) -> Tensor:

@@ -81,7 +81,10 @@ class Validation(Callback):
     """Adds ``val_<metric>`` to each epoch's record: the objective's held-out metrics
     (:meth:`aevb.objectives.Objective.metrics`) on ``x`` (in the model's space; ``labels``
     (N,) for a conditional model), with
-    ``log_abs_det_jacobian`` added to its log-densities so they are in the data's units."""
+    ``log_abs_det_jacobian`` added to its log-densities so they are in the data's units: the
+    metrics it reports, and the active units and KL per latent dimension where it has them."""
+
+    EXTRA = ("active_units", "kl_per_dim")
 
     def __init__(self, x: Tensor, log_abs_det_jacobian: float = 0.0, labels: Tensor | None = None):
         self.x = x
@@ -95,12 +98,12 @@ class Validation(Callback):
             held_out_metrics(trainer.objective, trainer.model, self.x, self.labels),
             self.log_abs_det_jacobian,
         )
-        for name in trainer.objective.reported:
+        for name in (*trainer.objective.reported, *self.EXTRA):
             if name in metrics:
                 record[f"val_{name}"] = metrics[name]
 
 
-def in_data_units(metrics: dict[str, float], log_abs_det_jacobian: float) -> dict[str, float]:
+def in_data_units(metrics: dict[str, Any], log_abs_det_jacobian: float) -> dict[str, Any]:
     """``metrics`` with ``log_abs_det_jacobian`` added to the log-densities among them."""
     return {
         name: value + log_abs_det_jacobian if name in LOG_DENSITIES else value

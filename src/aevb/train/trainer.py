@@ -101,7 +101,13 @@ class TrainState:
 
 class Trainer:
     """Fits ``model`` by ``objective`` on ``data`` with ``optimizer`` (and an optional
-    ``scheduler``, stepped after every optimiser step).
+    ``scheduler``, stepped after every optimiser step; one with an ``epoch_end(improved)``
+    method, as :class:`~aevb.train.schedules.WarmupSchedule`, also hears at every epoch's end
+    whether the judged metric improved).
+
+    After each step, ``step_loss`` (0-dim) and ``step_sums`` (4,: the batch's summed ELBO,
+    reconstruction, KL and rows) hold its values on the device, for callbacks to copy
+    (reading them syncs; a compiled CUDA-graph step overwrites them at the next step).
 
     ``callbacks`` run in the order given. ``compile``: run the step through ``torch.compile``
     (``None``: on CUDA, and on the CPU for runs of ≥ 20,000 steps); ``precision="bf16"``: the
@@ -147,6 +153,8 @@ class Trainer:
         self._epoch_start_rng = ckpt.rng_state()
         self._rng_after_restore: dict[str, Tensor] | None = None
         self._epoch_sums = torch.zeros(4, device=self.device)
+        self.step_sums = torch.zeros(4, device=self.device)
+        self.step_loss: Tensor | None = None
         self._clock: float | None = None
         self.distributed = distributed or Distributed()
         self._parallel: nn.Module | None = None
@@ -233,11 +241,12 @@ class Trainer:
             if state.step <= objective.warmup_steps:  # β changes only during the warm-up
                 beta.fill_(objective.kl_weight(state.step))
             if objective.custom_update:
-                self._epoch_sums += objective.update(self, x, index)
+                self.step_sums = objective.update(self, x, index)
             else:
                 batch_sums = self._gradient_step(x, beta, parameters, nonfinite, one, labels)
-                self._epoch_sums += torch.where(nonfinite > 0, 0.0, batch_sums)
+                self.step_sums = torch.where(nonfinite > 0, 0.0, batch_sums)
                 self._fault_flags[state.step_in_epoch] = nonfinite
+            self._epoch_sums += self.step_sums
             if self.scheduler is not None:
                 self.scheduler.step()
             state.step += 1
@@ -273,18 +282,18 @@ class Trainer:
         assert self.training_step is not None
         self.optimizer.zero_grad(set_to_none=True)
         if self._parallel is None:
-            loss, batch_sums = self.training_step(
+            self.step_loss, batch_sums = self.training_step(
                 self.model, self.objective, x, beta, self.precision, labels
             )
         else:
             x, labels, scale = self._local_part(x, labels)
-            loss, batch_sums = self.training_step(
+            self.step_loss, batch_sums = self.training_step(
                 self.objective, x, beta, self.precision, labels, scale
             )
         # On the device: nonfinite = 1.0 if the loss or any gradient is NaN or ±inf. The
         # multi-tensor check is the one GradScaler uses (0.09 ms for the MNIST model on two
         # cores; grads are multiplied by 1).
-        nonfinite.copy_(~torch.isfinite(loss.detach()))
+        nonfinite.copy_(~torch.isfinite(self.step_loss.detach()))
         grads = [p.grad for p in parameters if p.grad is not None]
         torch._amp_foreach_non_finite_check_and_unscale_(grads, nonfinite, one)
         if self._parallel is not None:  # one process's non-finite loss skips the step in all
@@ -549,6 +558,9 @@ class Trainer:
             record = self.distributed.broadcast(record)
         record["epoch_seconds"] = state.train_seconds - state.epoch_started_seconds
         self._track_best(record)
+        epoch_end = getattr(self.scheduler, "epoch_end", None)
+        if epoch_end is not None:  # e.g. the plateau schedule's one input
+            epoch_end(state.epochs_without_improvement == 0)
         state.history.append(record)
         state.epoch += 1
         state.step_in_epoch = 0
