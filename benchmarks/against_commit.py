@@ -16,6 +16,7 @@ Prints each version's median s/epoch, the per-round ratios (this ÷ that) and th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import io
 import re
@@ -88,9 +89,10 @@ def main() -> None:
         trainers, sessions = {}, []
         for label, (runs, load) in versions.items():
             dataset = load("mnist", args.data_dir)
-            session = runs.start_run(
-                runs.TrainConfig(**settings), f"{tmp}/run-{label}", dataset=dataset, progress=False
-            )
+            config = runs.TrainConfig(**settings)
+            if hasattr(config, "tensorboard"):  # logging off: the loop itself is compared
+                config = dataclasses.replace(config, tensorboard=False)
+            session = runs.start_run(config, f"{tmp}/run-{label}", dataset=dataset, progress=False)
             sessions.append(session)
             trainers[label] = session.trainer
             session.trainer.setup(settings["epochs"])

@@ -177,6 +177,8 @@ def test_training_streams_a_file_larger_than_the_memory_limit(tmp_path):
         import resource, sys
         import aevb.cli, torch, numpy, pyarrow, sklearn, matplotlib.pyplot  # imports first
         from PIL import Image
+        from torch.utils.tensorboard import SummaryWriter  # on by default where installed:
+        SummaryWriter(sys.argv[1] + "-tb").close()  # its writer thread's 72 MB of address space
         with open("/proc/self/status") as f:
             size = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize"))
         limit = size + 250 * 2**20

@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         type=_path,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint (only --epochs, --device "
-        "and --compile may change)",
+        help="continue the run in RUN_DIR from its last checkpoint (only --epochs, --device, "
+        "--compile, --divergence-guard, --workers and --tensorboard may change)",
     )
     run.add_argument("--threads", type=_threads, help=THREADS_HELP)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_table_commands(commands)
     _add_reproduce(commands)
+    _add_view_commands(commands)
     return parser
 
 
@@ -343,6 +344,52 @@ def _add_reproduce(commands) -> None:
     ae.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     pca = contrast("pca", "PCA and linear autoencoder vs linear VAE (probabilistic PCA)", "digits")
     pca.add_argument("--latent-dims", type=_positive_int, nargs="+", default=[2, 5, 10])
+
+
+def _add_view_commands(commands) -> None:
+    """``aevb report`` (one self-contained HTML page) and ``aevb explore`` (a local web page
+    decoding the latent space live)."""
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML page: curves, samples, manifold, latent space, "
+        "evaluation, configuration",
+    )
+    report.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
+    report.add_argument(
+        "--out", type=_path, help="HTML file to write (default RUN_DIR/report.html)"
+    )
+    report.add_argument(
+        "--importance-samples",
+        type=_positive_int,
+        default=1000,
+        help="k draws from the encoder per test row for log p(x) (default 1000)",
+    )
+    report.add_argument(
+        "--num-examples",
+        type=_positive_int,
+        default=1000,
+        help="evaluate and show the first N test rows (default 1000)",
+    )
+    report.add_argument("--seed", type=_seed, default=0)
+    report.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    report.add_argument("--threads", type=_threads, help=THREADS_HELP)
+    report.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+    explore = commands.add_parser(
+        "explore", help="serve a local web page that decodes the latent space live (Ctrl-C stops)"
+    )
+    explore.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
+    explore.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default 0: a free one)"
+    )
+    explore.add_argument(
+        "--host",
+        help="address to listen on (default 127.0.0.1; another address serves the model to "
+        "anyone who can reach it, without authentication)",
+    )
+    explore.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    explore.add_argument("--threads", type=_threads, help=THREADS_HELP)
+    explore.add_argument("--no-browser", action="store_true", help="do not open a browser")
 
 
 def _join_process_group(device: str | None, run_dir: str | None = None):
@@ -497,6 +544,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(_table(values))
     warn_if_collapsed(result.active_units, result.latent_dim)
+    diagnostics = result.importance_diagnostics
+    if diagnostics is not None and not diagnostics.reliable:
+        warnings.warn(
+            f"{diagnostics.pareto_k_share_above:.1%} of the examples have a Pareto k̂ above "
+            f"{diagnostics.pareto_k_threshold} (worst {diagnostics.pareto_k_max:.2f}): their "
+            "importance weights are too heavy-tailed for the log-likelihood estimate to be "
+            "trusted (it can be far too low, beyond its ± error). Use more --importance-samples, "
+            "a proposal closer to the posterior (train with --posterior full, iaf or planar), or "
+            "aevb.evaluation.hmc_proposal",
+            stacklevel=1,
+        )
     return 0
 
 
@@ -602,6 +660,25 @@ def _table(values: dict) -> str:
         ("examples", f"{values['num_examples']} ({values['split']} split)"),
         ("seconds", f"{values['seconds']:.1f}"),
     ]
+    diagnostics = values.get("importance_diagnostics")
+    if diagnostics is None:
+        rows[1:1] = [("ESS, PSIS Pareto k", "not computed (k < 21 draws)")]
+    else:
+        rows[1:1] = [
+            (
+                "effective sample size",
+                f"median {diagnostics['ess_median']:.1f} "
+                f"({diagnostics['ess_median_fraction']:.1%} of k), "
+                f"min {diagnostics['ess_min']:.1f}",
+            ),
+            (
+                "PSIS Pareto k of weights",
+                f"median {float(diagnostics['pareto_k_median']):.2f}, "  # ±inf: "-inf", "inf"
+                f"worst {float(diagnostics['pareto_k_max']):.2f}; "
+                f"{diagnostics['pareto_k_share_above']:.1%} of examples above "
+                f"{diagnostics['pareto_k_threshold']}",
+            ),
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -649,6 +726,36 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from aevb.views import write_report
+
+    report = write_report(
+        args.run_dir,
+        args.out,
+        importance_samples=args.importance_samples,
+        num_examples=args.num_examples,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {report.path} ({report.seconds:.1f} s)")
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from aevb.views import serve
+
+    serve(
+        args.run_dir,
+        host=args.host or "127.0.0.1",
+        port=args.port,
+        device=args.device,
+        open_browser=not args.no_browser,
+        allow_remote=args.host is not None,
+    )
+    return 0
+
+
 def _active_units(values: dict) -> str:
     """'12 of 20', with each stochastic layer's count where there are several."""
     shown = f"{values['active_units']} of {values['latent_dim']}"
@@ -688,6 +795,8 @@ COMMANDS = {
     "embed": _embed,
     "score": _score,
     "reproduce": _reproduce,
+    "report": _report,
+    "explore": _explore,
 }
 
 

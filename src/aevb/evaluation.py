@@ -12,6 +12,10 @@ samples in chunks sized to a memory budget, and reduced with running ``logsumexp
 The proposal is the encoder q(z|x) unless another is given: :func:`hmc_proposal` fits one to
 Hamiltonian Monte Carlo draws from the posterior, for models without a usable encoder (Monte
 Carlo EM) or to compare differently trained models with one estimator (the paper's Fig. 3).
+
+The same weights say how far log p̂(x) can be trusted (:class:`ImportanceDiagnostics`): each
+datapoint's effective sample size and the Pareto k̂ of its weights' tail (PSIS: Vehtari,
+Simpson, Gelman, Yao and Gabry 2024), computed with every evaluation of k ≥ 21 draws.
 """
 
 from __future__ import annotations
@@ -52,6 +56,22 @@ from aevb.objectives import latent_samples
 # cores), the working set staying nearer the caches; a GPU wants larger chunks to stay busy.
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 24}
 
+# PSIS's threshold on the Pareto k̂ of the importance weights (Vehtari et al. 2024, §3): above
+# 0.7 the draws needed for a usable estimate grow impractically fast, even Pareto-smoothed
+# (and log p̂(x) is not smoothed). The paper's stricter 1 − 1/log10(k) for k < 2154 draws is
+# not used: aevb's k̂ then rests on M ≤ 3√k tail draws (20 at k = 100, a standard error near
+# 0.25), and a lower threshold would flag datapoints by the estimate's noise alone.
+PARETO_K_THRESHOLD = 0.7
+# The fewest tail draws a generalized Pareto fit uses, as ArviZ and loo; k ≥ 21 gives M ≥ 5.
+MIN_TAIL_SAMPLES = 5
+# The share of datapoints above the threshold from which an evaluation is called unreliable:
+# below it, even rows each estimated 10 nats low move the mean log p̂(x) by under 0.1 nats. At
+# small k the k̂ are noisy (at k = 100, M = 20, a row of true k = 0.3 is above 0.7 about 4% of
+# the time), so a small-k evaluation of a sound model can be flagged: more draws settle it.
+UNRELIABLE_SHARE = 0.01
+# Elements of the (rows × grid × tail) tensor of one slice of the Zhang–Stephens fit.
+FIT_ELEMENTS = 1 << 22
+
 
 @contextmanager
 def fixed_randomness(seed: int, device: torch.device):
@@ -77,7 +97,9 @@ class Evaluation:
     ``log_likelihood_se`` is the Monte Carlo standard error of the mean log p̂(x) (delta
     method per example, combined over examples): the spread to expect across seeds. ``kl`` is
     analytic where torch knows the (posterior, prior) pair and a Monte Carlo estimate from the
-    same draws otherwise (``kl_estimator``).
+    same draws otherwise (``kl_estimator``). ``importance_diagnostics``: the effective sample
+    sizes and Pareto k̂ of the weights behind log p̂(x) (``None`` below k = 21 draws, too few
+    for a tail fit); per row from :func:`importance_diagnostics`.
     """
 
     log_likelihood: float
@@ -98,9 +120,13 @@ class Evaluation:
     num_examples: int
     importance_samples: int
     seconds: float
+    importance_diagnostics: ImportanceDiagnostics | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if self.importance_diagnostics is not None:
+            values["importance_diagnostics"] = self.importance_diagnostics.to_dict()
+        return values
 
     def in_data_units(self, log_abs_det_jacobian: float) -> Evaluation:
         """The same evaluation for data a transform mapped into the model's space: every
@@ -111,6 +137,85 @@ class Evaluation:
         values = {key: getattr(self, key) + log_abs_det_jacobian for key in LOG_DENSITIES}
         values["bits_per_dim"] = _bits_per_dim(values["log_likelihood"], self.data_dim)
         return dataclasses.replace(self, **values)
+
+
+@dataclass
+class ImportanceDiagnostics:
+    """How far an evaluation's importance-sampled log p̂(x) can be trusted, over its rows.
+
+    ``ess_*``: the effective sample size (Σw)²/Σw² of each row's k weights, in draws (1 … k;
+    ``ess_median_fraction`` is the median over k). ``pareto_k_*``: the Pareto k̂ of each row's
+    weights (:func:`pareto_k`): below 0.5 the weights have finite variance and the standard
+    error holds; above ``pareto_k_threshold`` (0.7) log p̂(x) can be far below log p(x) with a
+    small reported error. ``pareto_k_share_above``: the share of rows above it;
+    ``tail_samples``: the M largest draws per row that the fits use. Medians are lower medians
+    (a row's value). k̂ = −inf: every tail weight equal (a bounded, constant weight: the exact
+    posterior); +inf: a row with nothing to fit (:func:`pareto_k`).
+    """
+
+    ess_median: float
+    ess_min: float
+    ess_median_fraction: float
+    pareto_k_median: float
+    pareto_k_max: float
+    pareto_k_share_above: float
+    pareto_k_threshold: float
+    tail_samples: int
+
+    @property
+    def reliable(self) -> bool:
+        """At most :data:`UNRELIABLE_SHARE` (1%) of the rows have k̂ above the threshold."""
+        return self.pareto_k_share_above <= UNRELIABLE_SHARE
+
+    def to_dict(self) -> dict:
+        """The fields, for JSON (which has no infinities): k̂ = ±inf as the strings "-inf" and
+        "inf", which ``float`` reads back."""
+        return {
+            key: value if not isinstance(value, float) or math.isfinite(value) else str(value)
+            for key, value in asdict(self).items()
+        }
+
+
+@dataclass
+class ExampleDiagnostics:
+    """Each row's importance-weight diagnostics: ``effective_sample_size`` (N,) float64, in
+    draws (1 … k; 0 for a row whose weights are all 0), and ``pareto_k`` (N,) float64
+    (:func:`pareto_k`), from k = ``importance_samples`` draws per row."""
+
+    effective_sample_size: Tensor
+    pareto_k: Tensor
+    importance_samples: int
+
+    def summary(self) -> ImportanceDiagnostics:
+        """The medians, extremes and share above :data:`PARETO_K_THRESHOLD` over the rows."""
+        ess, k_hat, k = self.effective_sample_size, self.pareto_k, self.importance_samples
+        ess_median = float(ess.median())
+        return ImportanceDiagnostics(
+            ess_median=ess_median,
+            ess_min=float(ess.min()),
+            ess_median_fraction=ess_median / k,
+            pareto_k_median=float(k_hat.median()),
+            pareto_k_max=float(k_hat.max()),
+            pareto_k_share_above=float((k_hat > PARETO_K_THRESHOLD).double().mean()),
+            pareto_k_threshold=PARETO_K_THRESHOLD,
+            tail_samples=pareto_tail_size(k),
+        )
+
+    def to(self, device: str) -> ExampleDiagnostics:
+        return dataclasses.replace(
+            self,
+            effective_sample_size=self.effective_sample_size.to(device),
+            pareto_k=self.pareto_k.to(device),
+        )
+
+    @staticmethod
+    def cat(parts: list[ExampleDiagnostics]) -> ExampleDiagnostics:
+        """The diagnostics of consecutive parts of the rows, in order."""
+        return ExampleDiagnostics(
+            effective_sample_size=torch.cat([p.effective_sample_size for p in parts]),
+            pareto_k=torch.cat([p.pareto_k for p in parts]),
+            importance_samples=parts[0].importance_samples,
+        )
 
 
 # The per-example log-densities of x an evaluation reports (the KL is not one).
@@ -215,10 +320,78 @@ def evaluate(
     data_dim = x[0].numel()
     k = int(importance_samples)
     m = max(d for d in range(1, min(iwae_samples, k) + 1) if k % d == 0)
+    part = _all_sums(
+        model,
+        x,
+        labels,
+        k,
+        m,
+        batch_size,
+        chunk_elements,
+        float64,
+        seed,
+        progress,
+        proposal,
+        parallel,
+    )
+    return part.evaluation(model, m, data_dim, k, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def importance_diagnostics(
+    model: VAE,
+    x: Tensor,
+    importance_samples: int = 5000,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    proposal: Callable[[VAE, Tensor], Distribution] | None = None,
+    batch_size: int | None = None,
+    chunk_elements: int | None = None,
+    float64: bool = False,
+) -> ExampleDiagnostics:
+    """Each row's effective sample size and Pareto k̂: the per-row values behind
+    :attr:`Evaluation.importance_diagnostics`, to find the datapoints whose log p̂(x) cannot be
+    trusted (k̂ > 0.7). The same draws as :func:`evaluate` with the same arguments; x (N,
+    *data_shape) in the model's space. Needs k = ``importance_samples`` ≥ 21 (M ≥ 5 tail
+    draws for the fit)."""
+    labels = check_data(model, x, labels)
+    _check_counts(importance_samples=importance_samples)
+    if batch_size is not None:
+        _check_counts(batch_size=batch_size)
+    k = int(importance_samples)
+    if pareto_tail_size(k) < MIN_TAIL_SAMPLES:
+        raise ValueError(f"importance_samples must be at least 21 for a tail fit, got {k}")
+    part = _all_sums(
+        model, x, labels, k, 1, batch_size, chunk_elements, float64, seed, False, proposal, None
+    )
+    assert part.diagnostics is not None
+    return part.diagnostics
+
+
+def _all_sums(
+    model: VAE,
+    x: Tensor,
+    labels: Tensor | None,
+    k: int,
+    m: int,
+    batch_size: int | None,
+    chunk_elements: int | None,
+    float64: bool,
+    seed: int,
+    progress: bool,
+    proposal: Callable[[VAE, Tensor], Distribution] | None,
+    parallel: Distributed | None,
+) -> _Sums:
+    """The sums of all the rows of checked x: of this process's part, gathered and combined
+    in a data-parallel run."""
+    n = len(x)
     width = likelihood_width(model)
     if batch_size is not None:
         batch_size = max(1, batch_size // width)
-    batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements, width)
+    tail = pareto_tail_size(k)
+    tail = tail if tail >= MIN_TAIL_SAMPLES else 0
+    held = 2 * (tail + 1) if tail else 0  # :class:`_RunningLargest`'s buffer
+    batch_size, samples_per_chunk = _chunk_sizes(x, k, batch_size, chunk_elements, width, held)
     dtype = torch.float64 if float64 else torch.float32
     sharded = parallel is not None and parallel.active and 1 < parallel.world <= n
     if sharded:
@@ -227,12 +400,12 @@ def evaluate(
         x, labels = x[rows], None if labels is None else labels[rows]
         seed = (seed + parallel.rank) % (MAX_SEED + 1)
     part = _evaluation_sums(
-        model, x, labels, k, m, batch_size, samples_per_chunk, dtype, seed, progress, proposal
+        model, x, labels, k, m, tail, batch_size, samples_per_chunk, dtype, seed, progress, proposal
     )
     if sharded:
         assert parallel is not None
         part = _Sums.combine(parallel.gather(part.to("cpu")))
-    return part.evaluation(model, m, data_dim, k, time.perf_counter() - started)
+    return part
 
 
 @dataclass
@@ -241,7 +414,8 @@ class _Sums:
     ``totals`` (6,) float64 — the sums over rows of log p̂(x), its delta-method variance, the
     IWAE bound, ELBO A, reconstruction and KL; the rows' posterior ``means`` (rows, L) and
     their Monte Carlo error variances (for sampled posteriors); the KL per dimension summed
-    over rows; the KL rule; the stochastic layers' sizes, if several."""
+    over rows; the KL rule; the stochastic layers' sizes, if several; the rows' importance
+    diagnostics (for k ≥ 21)."""
 
     totals: Tensor
     rows: int
@@ -250,6 +424,7 @@ class _Sums:
     kl_per_dim: Tensor | None
     kl_estimator: str
     layer_sizes: list[int] | None
+    diagnostics: ExampleDiagnostics | None
 
     def to(self, device: str) -> _Sums:
         def moved(t: Tensor | None) -> Tensor | None:
@@ -261,6 +436,7 @@ class _Sums:
             means=self.means.to(device),
             mean_errors=moved(self.mean_errors),
             kl_per_dim=moved(self.kl_per_dim),
+            diagnostics=None if self.diagnostics is None else self.diagnostics.to(device),
         )
 
     @staticmethod
@@ -284,6 +460,11 @@ class _Sums:
             ),
             kl_estimator=first.kl_estimator,
             layer_sizes=first.layer_sizes,
+            diagnostics=(
+                None
+                if first.diagnostics is None
+                else ExampleDiagnostics.cat([p.diagnostics for p in parts if p.diagnostics])
+            ),
         )
 
     def evaluation(self, model: VAE, m: int, data_dim: int, k: int, seconds: float) -> Evaluation:
@@ -321,6 +502,7 @@ class _Sums:
             num_examples=n,
             importance_samples=k,
             seconds=seconds,
+            importance_diagnostics=None if self.diagnostics is None else self.diagnostics.summary(),
         )
 
 
@@ -330,6 +512,7 @@ def _evaluation_sums(
     labels: Tensor | None,
     k: int,
     m: int,
+    tail: int,
     batch_size: int,
     samples_per_chunk: int,
     dtype: torch.dtype,
@@ -337,12 +520,13 @@ def _evaluation_sums(
     progress: bool,
     proposal: Callable[[VAE, Tensor], Distribution] | None,
 ) -> _Sums:
-    """:func:`evaluate`'s sums over the rows of x, ``batch_size`` rows at a time."""
+    """:func:`evaluate`'s sums over the rows of x, ``batch_size`` rows at a time, with their
+    importance diagnostics from the ``tail`` M largest log-weights of each (none for 0)."""
     n = len(x)
     was_training = model.training
     model.eval()
     totals = torch.zeros(6, dtype=torch.float64, device=x.device)
-    posterior_means, mean_errors, kl_dims = [], [], []
+    posterior_means, mean_errors, kl_dims, diagnostics = [], [], [], []
     rule = None
     bar = tqdm(total=n * k, disable=not progress, unit="sample", unit_scale=True, desc="evaluate")
     with fixed_randomness(seed, x.device), bar:
@@ -352,10 +536,12 @@ def _evaluation_sums(
             bound = bind(model, None if labels is None else labels[start : start + batch_size])
             posterior = bound.posterior(batch) if proposal is None else proposal(bound, batch)
             rule = rule or KLRule.decide(posterior, prior)
-            stats, kl_dim = _batch_statistics(
-                bound, batch, posterior, prior, rule, k, m, samples_per_chunk, dtype, bar
+            stats, kl_dim, weights = _batch_statistics(
+                bound, batch, posterior, prior, rule, k, m, samples_per_chunk, dtype, bar, tail=tail
             )
             totals += stats.sum(1).double()
+            if weights is not None:
+                diagnostics.append(weights)
             posterior_means.append(posterior.mean)
             if isinstance(posterior, SampledPosterior):
                 mean_errors.append(posterior.variance / MOMENT_SAMPLES)
@@ -371,6 +557,7 @@ def _evaluation_sums(
         kl_per_dim=torch.stack(kl_dims).sum(0) if kl_dims else None,
         kl_estimator=rule.description,
         layer_sizes=getattr(posterior, "layer_sizes", None),
+        diagnostics=ExampleDiagnostics.cat(diagnostics) if diagnostics else None,
     )
 
 
@@ -390,16 +577,22 @@ def likelihood_width(model: VAE) -> int:
 
 
 def _chunk_sizes(
-    x: Tensor, k: int, batch_size: int | None, chunk_elements: int | None, width: int = 1
+    x: Tensor,
+    k: int,
+    batch_size: int | None,
+    chunk_elements: int | None,
+    width: int = 1,
+    held_per_row: int = 0,
 ) -> tuple[int, int]:
     """Datapoints per batch and samples per chunk, so that one chunk's likelihood tensors hold
     about ``chunk_elements`` values (default by device: :data:`CHUNK_ELEMENTS`), ``width`` per
-    data value."""
+    data value; by default no more rows than keep ``held_per_row`` values each (the running
+    top of their log-weights) within that budget too."""
     n, data_dim = len(x), max(1, x[0].numel() * width if len(x) else 1)
     if chunk_elements is None:
         chunk_elements = CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cuda"])
     if batch_size is None:
-        batch_size = max(1, min(n, chunk_elements // data_dim))
+        batch_size = max(1, min(n, chunk_elements // max(data_dim, held_per_row)))
     return batch_size, max(1, min(k, chunk_elements // (batch_size * data_dim)))
 
 
@@ -456,7 +649,7 @@ def _per_example(model: VAE, x: Tensor, noise: Tensor, labels: Tensor | None) ->
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             bound = bind(model, None if labels is None else labels[start : start + batch_size])
-            stats, _ = _batch_statistics(
+            stats, _, _ = _batch_statistics(
                 bound,
                 batch,
                 bound.posterior(batch),
@@ -485,16 +678,19 @@ def _batch_statistics(
     dtype: torch.dtype,
     bar: tqdm,
     noise: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Per-example sums for one batch of datapoints: (6, batch), and the KL per latent
-    dimension (batch, latent_dim) where it splits.
+    tail: int = 0,
+) -> tuple[Tensor, Tensor | None, ExampleDiagnostics | None]:
+    """Per-example sums for one batch of datapoints: (6, batch), the KL per latent dimension
+    (batch, latent_dim) where it splits, and, for ``tail`` M > 0, the rows' effective sample
+    sizes and Pareto k̂ from their M + 1 largest log-weights.
 
     Rows: log p̂(x); the delta-method variance of log p̂(x); L_m (mean over the k/m groups);
     the estimator-A ELBO; mean log p(x|z); the KL (by ``rule``: analytic, or the Monte Carlo
     mean of log q − log p over the same k draws). Log-weights are reduced chunk by chunk with
-    a running logsumexp, so memory does not grow with k.
+    a running logsumexp (and a running top M + 1), so memory does not grow with k.
     """
     b = len(x)
+    largest = _RunningLargest(tail + 1, b, dtype, x.device) if tail else None
     log_sum_w = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
     log_sum_w2 = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
     group_bound_sum = torch.zeros(b, dtype=dtype, device=x.device)
@@ -511,6 +707,8 @@ def _batch_statistics(
         log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, 0))
         sum_log_w += log_w.sum(0)
         sum_log_likelihood += samples.log_likelihood.to(dtype).sum(0)
+        if largest is not None:
+            largest.add(log_w)
         if rule.per_dimension and not rule.analytic:
             part = rule.estimate(posterior, prior, samples.z).per_dimension
             assert part is not None
@@ -546,7 +744,130 @@ def _batch_statistics(
             kl_total,
         )
     )
-    return statistics, kl_dims
+    diagnostics = None
+    if largest is not None:
+        diagnostics = ExampleDiagnostics(
+            effective_sample_size=_effective_sample_size(log_sum_w, log_sum_w2, k),
+            pareto_k=_pareto_k_of_largest(largest.values()),
+            importance_samples=k,
+        )
+    return statistics, kl_dims, diagnostics
+
+
+def _effective_sample_size(log_sum_w: Tensor, log_sum_w2: Tensor, k: int) -> Tensor:
+    """(Σw)²/Σw² of k weights from log Σw and log Σw² (N,): (N,) float64, at most k (equal
+    weights give k up to rounding), 0 where every weight is 0."""
+    ess = torch.exp(2 * log_sum_w.double() - log_sum_w2.double()).clamp(max=k)
+    return ess.masked_fill(log_sum_w == -math.inf, 0.0)
+
+
+class _RunningLargest:
+    """The ``size`` largest log-weights of each of ``rows`` rows among the chunks seen: a
+    buffer of 2 × size draws that chunks fill and ``torch.topk`` reduces only when it is full.
+    On the CPU a chunk is often one draw of thousands of rows, and a top-k per chunk would
+    cost more than the rest of the bookkeeping."""
+
+    def __init__(self, size: int, rows: int, dtype: torch.dtype, device: torch.device):
+        self.size = size
+        self.buffer = torch.empty(2 * size, rows, dtype=dtype, device=device)
+        self.filled = 0
+
+    def add(self, log_w: Tensor) -> None:
+        """Take in a chunk's log-weights (count, rows)."""
+        if len(log_w) > self.size:
+            log_w = log_w.topk(self.size, 0).values
+        if self.filled + len(log_w) > len(self.buffer):
+            self.buffer[: self.size] = self.values()
+            self.filled = self.size
+        self.buffer[self.filled : self.filled + len(log_w)] = log_w
+        self.filled += len(log_w)
+
+    def values(self) -> Tensor:
+        """The largest log-weights of each row so far: (min(size, seen), rows)."""
+        return self.buffer[: self.filled].topk(min(self.size, self.filled), 0).values
+
+
+def pareto_tail_size(k: int) -> int:
+    """M = ⌈min(k/5, 3√k)⌉, the number of largest of k weights that PSIS fits a generalized
+    Pareto distribution to (Vehtari et al. 2024, §3; relative efficiency 1: independent draws)."""
+    return math.ceil(min(k / 5, 3 * math.sqrt(k)))
+
+
+def pareto_k(log_weights: Tensor) -> Tensor:
+    """The Pareto k̂ of each column of importance log-weights: (k, N) → (N,) float64.
+
+    PSIS's diagnostic (Vehtari, Simpson, Gelman, Yao and Gabry 2024): a generalized Pareto
+    distribution is fitted to the exceedances of the M = :func:`pareto_tail_size` (k) largest
+    weights over the (M + 1)-th, by the profile-likelihood empirical Bayes estimate of Zhang
+    and Stephens (2009) with PSIS's weakly informative prior (weight 10, toward 0.5). The
+    weights' moments of order below 1/k̂ are finite: k̂ < 0.5, finite variance; k̂ > 0.7, an
+    estimate not to be trusted. k ≥ 21 draws (M ≥ 5). Ties with the (M + 1)-th largest weight
+    are left out of the fit, as in ArviZ. Special values: −inf where the M + 1 largest weights
+    are equal up to rounding (their log-weights within √ε · max(1, |log w|), ε the dtype's
+    machine epsilon: 3.5·10⁻⁴ relative in float32), a constant, bounded tail, as with the exact
+    posterior; +inf where fewer than 5 weights exceed the (M + 1)-th otherwise, or where a
+    column's largest weight is 0 or not finite (no fit: not to be trusted).
+    """
+    tail = pareto_tail_size(len(log_weights))
+    if tail < MIN_TAIL_SAMPLES:
+        raise ValueError(f"a Pareto fit needs at least 21 draws per column, got {len(log_weights)}")
+    return _pareto_k_of_largest(log_weights.topk(tail + 1, 0).values)
+
+
+def _pareto_k_of_largest(largest: Tensor) -> Tensor:
+    """:func:`pareto_k` of columns from their M + 1 largest log-weights (M + 1, N): (N,)."""
+    values = largest.double().T.sort(1).values  # (N, M + 1), ascending
+    top = values[:, -1:]
+    fittable = torch.isfinite(top[:, 0])
+    # Rounding in the log-weights (float32: sums of thousands of terms) leaves the exact
+    # posterior's constant weights a few distinct values apart: their tail is constant too.
+    rounding = math.sqrt(torch.finfo(largest.dtype).eps) * top[:, 0].abs().clamp(min=1)
+    constant = fittable & (top[:, 0] - values[:, 0] <= rounding)
+    # Weights over the largest, in float64, with ArviZ's floor on the cutoff: the smallest
+    # positive normal float.
+    scaled = torch.where(fittable[:, None], values - top, torch.zeros_like(values))
+    cutoff = scaled[:, :1].clamp(min=math.log(torch.finfo(torch.float64).tiny))
+    above = scaled[:, 1:] > cutoff
+    exceedances = torch.where(above, scaled[:, 1:].exp() - cutoff.exp(), 0.0)  # ascending
+    counts = above.sum(1)
+    shape = torch.full_like(cutoff[:, 0], math.inf)
+    shape[constant] = -math.inf
+    fitted = (fittable & ~constant & (counts >= MIN_TAIL_SAMPLES)).nonzero()[:, 0]
+    grid = 30 + math.isqrt(exceedances.shape[1])
+    rows = max(1, FIT_ELEMENTS // (grid * exceedances.shape[1]))
+    for part in fitted.split(rows):
+        shape[part] = _generalized_pareto_shape(exceedances[part], counts[part])
+    return shape
+
+
+def _generalized_pareto_shape(exceedances: Tensor, counts: Tensor) -> Tensor:
+    """The shape ξ̂ of a generalized Pareto distribution fitted to each row's exceedances
+    (N, M) float64, ascending, its ``counts`` (N,) positive values last (the zeros before them
+    are not data: they add nothing to the sums below).
+
+    Zhang and Stephens (2009): in θ = −ξ/σ the GPD's profile log-likelihood is
+    l(θ) = n (log(θ/k) + k − 1) with k(θ) = −mean log(1 − θx) (their shape, −ξ); over a grid
+    of 30 + ⌊√n⌋ values of θ set by the sample's maximum and first quartile, θ̂ is the
+    posterior mean (weights ∝ e^l), ξ̂ = mean log(1 − θ̂x), and PSIS's prior gives
+    (n ξ̂ + 10 · 0.5)/(n + 10) — as ArviZ's ``_gpdfit``. Written here, vectorised over rows in
+    float64, because ArviZ (the maintained implementation) loops over rows in numpy and
+    brings xarray; tests compare the two.
+    """
+    size = exceedances.shape[1]
+    n = counts.to(exceedances.dtype)[:, None]  # (N, 1)
+    grid_size = 30 + n.sqrt().floor()
+    j = torch.arange(1, 31 + math.isqrt(size), dtype=exceedances.dtype, device=n.device)
+    quartile = exceedances.gather(1, size - counts[:, None] + (counts[:, None] + 2) // 4 - 1)
+    theta = 1 / exceedances[:, -1:] + (1 - (grid_size / (j - 0.5)).sqrt()) / (3 * quartile)
+    # (N, grid): ξ(θ) = mean log(1 − θx) over each row's n exceedances (−k(θ) in their sign)
+    xi_grid = torch.log1p(-theta[:, :, None] * exceedances[:, None, :]).sum(2) / n
+    profile = n * (torch.log(-theta / xi_grid) - xi_grid - 1)
+    profile = profile.masked_fill((j > grid_size) | profile.isnan(), -math.inf)
+    weights = torch.softmax(profile, 1)
+    weights = weights * (weights >= 10 * torch.finfo(weights.dtype).eps)  # ArviZ's pruning
+    theta_hat = (theta * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+    xi = torch.log1p(-theta_hat * exceedances).sum(1, keepdim=True) / n
+    return ((n * xi + 10 * 0.5) / (n + 10))[:, 0]
 
 
 def count_active_units(

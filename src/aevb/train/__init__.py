@@ -13,9 +13,12 @@ from aevb.train.callbacks import (
     Validation,
 )
 from aevb.train.optim import OPTIMIZERS, make_optimizer
+from aevb.train.schedules import LR_SCHEDULES, WarmupSchedule, make_schedule
+from aevb.train.tensorboard import TensorBoard
 from aevb.train.trainer import Trainer, TrainState
 
 __all__ = [
+    "LR_SCHEDULES",
     "OPTIMIZERS",
     "BestWeights",
     "Callback",
@@ -25,8 +28,11 @@ __all__ = [
     "MetricsFile",
     "ProgressBar",
     "SignalHandler",
+    "TensorBoard",
     "TrainState",
     "Trainer",
     "Validation",
+    "WarmupSchedule",
     "make_optimizer",
+    "make_schedule",
 ]

@@ -95,6 +95,8 @@ class TensorBoard(Callback):
             self._write_hparams(trainer)
 
     def on_step_end(self, trainer: Trainer) -> None:
+        if self._losses is None:  # a loop driven by hand (Trainer.train_epoch), not by fit()
+            self.on_fit_start(trainer)
         assert self._losses is not None
         if trainer.step_loss is not None:  # a device copy, no sync
             self._losses[self._pending].copy_(trainer.step_loss.detach())
@@ -107,6 +109,8 @@ class TensorBoard(Callback):
         step = trainer.state.step
         self._write_losses(step)
         writer = self.writer
+        if writer is None:
+            return
         for key, value in record.items():
             if key.startswith(SPLIT_PREFIXES) and isinstance(value, int | float):
                 split, metric = key.split("_", 1)
@@ -131,6 +135,7 @@ class TensorBoard(Callback):
             self._write_losses(trainer.state.step)
             self.writer.close()
             self.writer = None
+            self._losses = None
 
     def _write_losses(self, last_step: int) -> None:
         """Write the buffered losses of the steps up to ``last_step`` (a host sync)."""
