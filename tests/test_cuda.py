@@ -15,27 +15,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from crashes import Crash, CrashAfter
 
 from aevb.builders import mlp
 from aevb.evaluation import evaluate
 from aevb.objectives import SGVBB
 from aevb.runs import TrainConfig, load_run, resume, train
-from aevb.train import Callback
 
 pytestmark = pytest.mark.cuda
-
-
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_epoch_end(self, trainer, record):
-        if trainer.state.epoch == self.epochs:
-            raise _Crash
 
 
 @pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "cuda-graphs"])
@@ -45,7 +32,7 @@ def test_a_cuda_run_resumes_to_the_uninterrupted_parameters(
     config = dataclasses.replace(quick_config, epochs=3, device="cuda", compile=compile_step)
     summary = train(config, tmp_path / "whole", dataset=digits, progress=False)
     assert summary["device"].startswith("cuda") and np.isfinite(summary["test_elbo"])
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(config, tmp_path / "split", dataset=digits, progress=False, callbacks=[CrashAfter(1)])
     resume(tmp_path / "split", dataset=digits, progress=False)
     whole = load_run(tmp_path / "whole", "last").model.state_dict()
@@ -56,7 +43,7 @@ def test_a_cuda_run_resumes_to_the_uninterrupted_parameters(
 
 def test_a_cpu_checkpoint_resumes_on_the_gpu(tmp_path, digits, quick_config):
     config = dataclasses.replace(quick_config, epochs=2, device="cpu")
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(config, tmp_path / "run", dataset=digits, progress=False, callbacks=[CrashAfter(1)])
     summary = resume(tmp_path / "run", device="cuda", dataset=digits, progress=False)
     assert summary["device"].startswith("cuda") and summary["epochs"] == 2
@@ -142,7 +129,7 @@ def test_a_streamed_run_on_the_gpu_resumes_exactly(tmp_path, digits):
         compile=False,
     )
     train(config, tmp_path / "whole", progress=False)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(config, tmp_path / "split", progress=False, callbacks=[CrashAfter(1)])
     resume(tmp_path / "split", progress=False)
     whole = load_run(tmp_path / "whole", "last").model.state_dict()

@@ -25,7 +25,8 @@ from PIL import Image, ImageStat
 from aevb.cli import main
 from aevb.errors import AevbError
 from aevb.runs import load_run
-from aevb.views.explore import MAX_UPLOAD, Explorer, RequestError, make_server
+from aevb.views import explore
+from aevb.views.explore import MAX_REQUESTS, MAX_UPLOAD, Explorer, RequestError, make_server
 from aevb.views.latent_space import decode
 
 QUICK = ["--hidden", "32", "--epochs", "2", "--batch-size", "64", "--no-progress"]
@@ -238,6 +239,10 @@ MALFORMED = [
     ("POST", "/api/encode", b"", {}, 400, "no body"),
     ("POST", "/api/encode", PNG_SIGNATURE + b"\x00" * 40, {}, 400, "not a readable"),
     ("GET", "/api/info", None, {"Host": "attacker.example"}, 403, "Host"),
+    ("GET", "/api/info", None, {"Host": "127.attacker.example"}, 403, "Host"),
+    ("GET", "/api/info", None, {"Host": "127.0.0.1.attacker.example:80"}, 403, "Host"),
+    ("GET", "/api/info", None, {"Host": "localhost.evil.com"}, 403, "Host"),
+    ("GET", "/api/info", None, {"Host": "[::1.evil.com]:80"}, 403, "Host"),
 ]
 
 
@@ -256,6 +261,49 @@ def test_malformed_requests_get_a_4xx_and_the_server_serves_on(
         assert reply_headers["Allow"] in ("GET", "POST")
     assert request(server, "GET", "/api/info")[0] == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8000", True),
+        ("127.0.0.2", True),
+        ("LocalHost:8000", True),
+        ("localhost.", True),
+        ("[::1]:8000", True),
+        ("[::1]", True),
+        ("", False),
+        ("127.attacker.example", False),
+        ("localhost.evil.com:8000", False),
+        ("127.1", False),
+        ("10.0.0.1:8000", False),
+        ("[::1", False),
+        ("[2001:db8::1]:80", False),
+    ],
+)
+def test_only_loopback_host_names_are_answered(server, host, allowed):
+    """DNS rebinding: a name that merely starts like a loopback address is not one."""
+    assert server.host_allowed(host) is allowed
+
+
+def test_a_busy_server_answers_503_and_serves_on(server, monkeypatch):
+    """While MAX_REQUESTS requests are being answered, another waits a moment, then gets a
+    one-line 503; once one ends, requests are answered again."""
+    monkeypatch.setattr(explore, "BUSY_WAIT", 0.1)
+    held = 0
+    try:
+        while held < MAX_REQUESTS:
+            assert server.slots.acquire(timeout=30)
+            held += 1
+        status, _, reply = request(server, "GET", "/api/info")
+        assert status == 503 and "busy" in json.loads(reply)["error"]
+        assert reply.count(b"\n") == 0
+        status, _, reply = request(server, "POST", "/api/encode", b"1" * 1000)
+        assert status == 503
+    finally:
+        for _ in range(held):
+            server.slots.release()
+    assert request(server, "GET", "/api/info")[0] == 200
 
 
 def test_oversized_truncated_and_garbled_requests(server, capfd):
@@ -277,6 +325,20 @@ def test_oversized_truncated_and_garbled_requests(server, capfd):
         connection.sendall(b"GET /api/inf")  # and leave
     assert request(server, "GET", "/api/info")[0] == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_encoding_an_upload_runs_without_gradients(run, monkeypatch):
+    explorer = Explorer(run, num_examples=20)
+    modes = []
+
+    def prepare(x, where="the data"):
+        modes.append(torch.is_grad_enabled())
+        return type(run).prepare(run, x, where)
+
+    monkeypatch.setattr(run, "prepare", prepare)
+    encoded = explorer.encode(run.split("test", 1))
+    assert modes and not any(modes) and torch.is_grad_enabled()
+    assert not encoded.mean.requires_grad and not encoded.reconstruction.requires_grad
 
 
 def test_non_loopback_host_is_refused_unless_allowed(run):

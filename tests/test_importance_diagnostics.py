@@ -154,10 +154,12 @@ def test_a_narrow_proposal_is_flagged():
     assert diagnostics.tail_samples == tail == 135
 
 
-def test_the_exact_posterior_gives_constant_weights():
+@pytest.mark.parametrize("float64", [False, True])
+def test_the_exact_posterior_gives_constant_weights(float64):
     """Encoder = posterior: every weight is p(x) up to float32 rounding, so ESS = k and every
-    tail is constant (k̂ = −inf), which JSON holds as the string "-inf"."""
-    result = evaluate(gaussian_model(1.0), gaussian_data(), 500)
+    tail is constant (k̂ = −inf), which JSON holds as the string "-inf" — also when the
+    float32 log-weights are accumulated in float64 (the rounding is float32's)."""
+    result = evaluate(gaussian_model(1.0), gaussian_data(), 500, float64=float64)
     diagnostics = result.importance_diagnostics
     assert diagnostics.ess_min > 0.9999 * 500 and diagnostics.ess_median_fraction > 0.9999
     assert diagnostics.pareto_k_max == -math.inf and diagnostics.reliable
@@ -235,7 +237,7 @@ def test_cli_evaluate_reports_the_diagnostics(digits_run, capsys):
         table
     )
     assert (
-        f"worst {written['pareto_k_max']:.2f}; {written['pareto_k_share_above']:.1%} of "
+        f"worst {written['pareto_k_max']:.2f}; {written['pareto_k_share_above']:.1%} of the "
         "examples above 0.7" in table
     )
 
@@ -250,7 +252,20 @@ def test_cli_evaluate_warns_when_the_estimate_is_unreliable(digits_run, capsys, 
     assert main(args) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "Pareto" in line]
     if share < 0:
-        assert len(lines) == 1 and "more --importance-samples" in lines[0]
+        assert len(lines) == 1 and "More importance samples" in lines[0]
         assert "--posterior full" in lines[0] and "hmc_proposal" in lines[0]
     else:
         assert lines == []
+
+
+def test_pareto_k_does_not_depend_on_the_level_of_the_weights():
+    """Shifting every log-weight by a constant (log p(x) of another scale) leaves k̂ as it was,
+    up to float32 rounding of the shifted values: weights w = U^(−0.9), a Pareto tail of shape
+    0.9, at log-levels 0, −100 and −7000 (|log w| of 8-bit colour images)."""
+    g = torch.Generator().manual_seed(0)
+    log_weights = -0.9 * torch.rand(2000, 50, generator=g, dtype=torch.float64).log()
+    at_zero = pareto_k(log_weights.float())
+    for level in (-100.0, -7000.0):
+        shifted = pareto_k((log_weights + level).float())
+        assert torch.isfinite(shifted).all()
+        assert (shifted - at_zero).abs().max() < 0.05

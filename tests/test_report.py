@@ -4,18 +4,25 @@ image, conditional and table runs; and what it looks like in headless Chromium."
 from __future__ import annotations
 
 import base64
+import dataclasses
+import html
 import io
+import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_explore import check_screenshot, full_page, start_chrome
 
 from aevb.cli import EXIT_USER_ERROR, main
-from aevb.runs import load_run
+from aevb.runs import Run, load_run
 from aevb.views import write_report
+from aevb.views.latent_space import encode_rows
+from aevb.views.report import ACTIVITY_THRESHOLD
 
 QUICK = ["--hidden", "32", "--epochs", "2", "--batch-size", "64", "--no-progress"]
 SECTIONS = (
@@ -103,6 +110,49 @@ def test_report_shows_the_evaluation_it_computed(report, run_dir):
     assert f"worst {diagnostics.pareto_k_max:.2f}" in page
 
 
+def test_infinite_pareto_k_is_shown_and_warned_about(run_dir, report, tmp_path, monkeypatch):
+    """k̂ = −inf (a constant tail) and +inf (no fit) are shown as such, with the warning."""
+    shown = report.evaluation
+    infinite = dataclasses.replace(
+        shown,
+        importance_diagnostics=dataclasses.replace(
+            shown.importance_diagnostics,
+            pareto_k_median=-math.inf,
+            pareto_k_max=math.inf,
+            pareto_k_share_above=0.5,
+        ),
+    )
+    monkeypatch.setattr(Run, "evaluate", lambda self, *args, **options: infinite)
+    page = write_report(run_dir, tmp_path / "inf.html", **FAST).path.read_text()
+    assert "median -inf, worst inf; 50.0% of the examples above 0.7" in page
+    warnings = re.findall(r"<p class='warning'>([^<]*)</p>", page)
+    assert len(warnings) == 1
+    assert "50.0% of the examples have a Pareto k̂ above 0.7 (worst inf)" in warnings[0]
+
+
+def test_markup_in_the_run_folder_is_shown_as_text(run_dir, tmp_path):
+    markup = "<script>alert(1)</script>"
+    copy = tmp_path / "<script>alert(1)<" / "script>"  # a path that ends in the markup
+    shutil.copytree(run_dir, copy)
+    assert str(copy).endswith(markup)
+    page = write_report(copy, **FAST).path.read_text()
+    assert html.escape(markup) in page and "<script" not in page
+    assert_self_contained(page)
+
+
+def test_flow_posterior_activity_takes_the_monte_carlo_error_off(folder):
+    """An IAF posterior's means are 64-draw estimates: the activity drawn is their spread less
+    their Monte Carlo error, as in the evaluation's count of active units, which it matches."""
+    run_dir = train(folder / "iaf", "--posterior", "iaf", "--latent-dim", "8", "--epochs", "1")
+    report = write_report(run_dir, **FAST)
+    run = load_run(run_dir)
+    codes = encode_rows(run, run.split("test", FAST["num_examples"]))
+    assert codes.mean_errors is not None and bool((codes.mean_errors > 0).all())
+    spread = codes.means.double().var(0) - codes.mean_errors.double().mean(0)
+    assert torch.allclose(codes.activity.double(), spread, rtol=1e-5, atol=1e-7)
+    assert int((codes.activity > ACTIVITY_THRESHOLD).sum()) == report.evaluation.active_units
+
+
 def test_rerun_replaces_the_file_atomically(run_dir, tmp_path):
     out = tmp_path / "deeper" / "r.html"
     first = write_report(run_dir, out, seed=1, **FAST)
@@ -159,11 +209,13 @@ def test_table_run_has_line_plots_instead_of_image_grids(folder):
     rng = np.random.default_rng(0)
     factors = rng.normal(size=(300, 2))
     table = factors @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(300, 6))
-    path = folder / "table.csv"
+    markup = "<img src=x onerror=alert(1)>"  # in the data's name: shown as text, not markup
+    path = folder / f"{markup}.csv"
     np.savetxt(path, table, delimiter=",", header="a,b,c,d,e,f", comments="")
     run_dir = train(folder / "table", "--dataset", str(path), "--latent-dim", "3")
     report = write_report(run_dir, **FAST)
     page = report.path.read_text()
+    assert html.escape(markup) in page and "<img src=x" not in page
     assert report.sections == SECTIONS
     assert "class='grid'" not in page  # no image grids
     assert "Decoded rows along each principal direction" in page

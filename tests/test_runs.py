@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from crashes import Crash, CrashAfter
 from torch import nn
 
 from aevb import heads, priors
@@ -19,7 +20,6 @@ from aevb.errors import AevbError, ConfigError
 from aevb.models import VAE, Decoder, Encoder
 from aevb.runs import LAST, TrainConfig, load_model, load_run, read_run, resume, train
 from aevb.storage import StorageError
-from aevb.train import Callback
 from aevb.train import checkpoint as checkpoints
 
 
@@ -87,28 +87,8 @@ def test_same_seed_same_bits_other_seed_differs(tmp_path, digits, quick_config):
     )
 
 
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    """Dies (an exception, as a kill would) once ``epochs`` epochs, or ``steps`` steps, are
-    done and checkpointed (it runs after the run folder's own checkpoint callback)."""
-
-    def __init__(self, epochs: int | None = None, steps: int | None = None):
-        self.epochs, self.steps = epochs, steps
-
-    def on_epoch_end(self, trainer, record):
-        if trainer.state.epoch == self.epochs:
-            raise _Crash
-
-    def on_step_end(self, trainer):
-        if trainer.state.step == self.steps:
-            raise _Crash
-
-
 def _train_and_crash_after(config, run_dir, dataset, epochs_done: int, **kwargs) -> None:
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(
             config,
             run_dir,
@@ -144,7 +124,7 @@ def test_mid_epoch_checkpoints_resume_exactly(tmp_path, digits, quick_config):
     config = dataclasses.replace(quick_config, epochs=3, checkpoint_every=5)
     train(config, tmp_path / "whole", dataset=digits, progress=False)
     # A kill just after the step-25 checkpoint (epoch 2, step 4 of 21).
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(
             config,
             tmp_path / "split",

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from crashes import Crash, CrashAfter
 
 from aevb.cli import main
 from aevb.errors import ConfigError
@@ -97,19 +98,6 @@ def test_a_run_trains_with_its_schedule(tmp_path, digits, quick_config):
     assert recorder.rates[-1] == pytest.approx(0.2 * 1e-2)
 
 
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_step_end(self, trainer):
-        if trainer.state.step == self.steps:
-            raise _Crash
-
-
 @pytest.mark.parametrize(
     "settings",
     [
@@ -128,13 +116,13 @@ def test_a_schedule_resumes_exactly_mid_epoch(tmp_path, digits, quick_config, se
     whole = LearningRates()
     train(config, tmp_path / "whole", dataset=digits, progress=False, callbacks=[whole])
     before = LearningRates()
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(
             config,
             tmp_path / "split",
             dataset=digits,
             progress=False,
-            callbacks=[before, CrashAfter(95)],
+            callbacks=[before, CrashAfter(steps=95)],
         )
     after = LearningRates()
     resume(tmp_path / "split", dataset=digits, progress=False, callbacks=[after])

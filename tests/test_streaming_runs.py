@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from crashes import Crash, CrashAfter
 from PIL import Image
 
 from aevb.cli import main
@@ -22,7 +23,6 @@ from aevb.data import streamed as streamed_module
 from aevb.data.streamed import load_streamed, should_stream
 from aevb.errors import AevbError, ConfigError, DataError
 from aevb.runs import LAST, TrainConfig, load_model, load_run, resume, train
-from aevb.train import Callback
 from aevb.train import checkpoint as checkpoints
 
 
@@ -41,19 +41,6 @@ def _config(path, **changes) -> TrainConfig:
         batch_size=64, device="cpu", seed=0,
     )  # fmt: skip
     return TrainConfig(**{**values, **changes})
-
-
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_step_end(self, trainer) -> None:
-        if trainer.state.step == self.steps:
-            raise _Crash
 
 
 def test_held_out_rows_and_training_rows_partition_the_file(digits_npy):
@@ -81,7 +68,7 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(tmp_path, digits_npy):
     path, _ = digits_npy
     config = _config(path, checkpoint_every=5)
     train(config, tmp_path / "whole", progress=False)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(config, tmp_path / "split", progress=False, callbacks=[CrashAfter(steps=25)])
     _, metadata = checkpoints.load_checkpoint(tmp_path / "split" / LAST)
     assert metadata["state"]["step"] == 25 and metadata["state"]["step_in_epoch"] == 2
@@ -177,8 +164,6 @@ def test_training_streams_a_file_larger_than_the_memory_limit(tmp_path):
         import resource, sys
         import aevb.cli, torch, numpy, pyarrow, sklearn, matplotlib.pyplot  # imports first
         from PIL import Image
-        from torch.utils.tensorboard import SummaryWriter  # on by default where installed:
-        SummaryWriter(sys.argv[1] + "-tb").close()  # its writer thread's 72 MB of address space
         with open("/proc/self/status") as f:
             size = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize"))
         limit = size + 250 * 2**20

@@ -9,11 +9,13 @@ import math
 
 import numpy as np
 import pytest
+from crashes import Crash, CrashAfter
 from PIL import Image
 
+from aevb.data import load_dataset
 from aevb.runs import TrainConfig, resume, train
 from aevb.runs.run import read_run
-from aevb.train import Callback
+from aevb.train import TensorBoard
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -28,22 +30,6 @@ EPOCH_TAGS = (
     "kl/val",
     "active_units/val",
 )
-
-
-class _Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    """Dies (as a kill would) once ``steps`` steps are done; it runs after the run folder's
-    own callbacks, so the last mid-epoch checkpoint is older than this step."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_step_end(self, trainer):
-        if trainer.state.step == self.steps:
-            raise _Crash
 
 
 def events_of(run_dir) -> EventAccumulator:
@@ -121,9 +107,13 @@ def test_a_resumed_run_continues_the_curves_without_duplicate_steps(tmp_path, di
     equal to an uninterrupted run's (CPU resumption is exact)."""
     config = dataclasses.replace(quick_config, checkpoint_every=10, tensorboard=True)
     train(config, tmp_path / "whole", dataset=digits, progress=False)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         train(
-            config, tmp_path / "split", dataset=digits, progress=False, callbacks=[CrashAfter(25)]
+            config,
+            tmp_path / "split",
+            dataset=digits,
+            progress=False,
+            callbacks=[CrashAfter(steps=25)],
         )
     assert scalar_steps(events_of(tmp_path / "split"), "train/loss") == list(range(1, 26))
     resume(tmp_path / "split", dataset=digits, progress=False)
@@ -154,8 +144,8 @@ def test_a_three_epoch_mnist_run_logs_everything_and_resumes_at_the_right_step(t
         device="cpu",
     )
     run_dir = tmp_path / "mnist"
-    with pytest.raises(_Crash):
-        train(config, run_dir, progress=False, callbacks=[CrashAfter(700)])
+    with pytest.raises(Crash):
+        train(config, run_dir, progress=False, callbacks=[CrashAfter(steps=700)])
     assert scalar_steps(events_of(run_dir), "train/loss")[-1] == 700
     resume(run_dir, progress=False)
     events, records = events_of(run_dir), metrics_of(run_dir)
@@ -167,3 +157,53 @@ def test_a_three_epoch_mnist_run_logs_everything_and_resumes_at_the_right_step(t
     for tag in ("samples", "reconstructions"):
         assert [i.step for i in events.Images(tag)] == [540, 1080, 1620]
     assert events.Scalars("elbo/val")[-1].value == pytest.approx(records[-1]["val_elbo"], rel=1e-6)
+
+
+def test_objectives_without_one_loss_log_the_batch_elbo(tmp_path, digits, quick_config):
+    """Monte Carlo EM's update has no single loss: each step logs minus its judged metric,
+    the batch's reconstruction log p(x|z) per example, whose batch-size-weighted mean over the
+    epoch is the epoch's (negated)."""
+    config = dataclasses.replace(quick_config, epochs=1, objective="mcem", tensorboard=True)
+    train(config, tmp_path / "run", dataset=digits, progress=False)
+    losses = [e.value for e in events_of(tmp_path / "run").Scalars("train/loss")]
+    (record,) = metrics_of(tmp_path / "run")
+    num_train, batch = read_run(tmp_path / "run").data["num_train"], quick_config.batch_size
+    sizes = [batch] * (len(losses) - 1) + [num_train - batch * (len(losses) - 1)]
+    expected = -record["train_reconstruction"]
+    assert float(np.dot(losses, sizes)) / num_train == pytest.approx(expected, 1e-5)
+
+
+def test_without_validation_rows_samples_are_still_drawn(tmp_path, quick_config):
+    config = dataclasses.replace(quick_config, epochs=1, val_fraction=0.0, tensorboard=True)
+    dataset = load_dataset("digits", val_fraction=0.0)
+    train(config, tmp_path / "run", dataset=dataset, progress=False)
+    tags = events_of(tmp_path / "run").Tags()["images"]
+    assert tags == ["samples"]
+
+
+def test_turned_on_when_resuming_it_writes_the_hyperparameters(tmp_path, digits, quick_config):
+    config = dataclasses.replace(quick_config, epochs=1, tensorboard=False)
+    train(config, tmp_path / "run", dataset=digits, progress=False)
+    resume(tmp_path / "run", epochs=2, tensorboard=True, dataset=digits, progress=False)
+    events = events_of(tmp_path / "run")
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert scalar_steps(events, "train/loss") == list(range(22, 43))  # the second epoch's
+
+
+def test_a_failed_write_stops_the_logging_not_the_run(tmp_path, digits, quick_config, capsys):
+    """The event folder cannot be made (a file is in its place): one warning line, and the
+    run trains to its end."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    config = dataclasses.replace(quick_config, epochs=2, tensorboard=False)
+    summary = train(
+        config,
+        tmp_path / "run",
+        dataset=digits,
+        progress=False,
+        callbacks=[TensorBoard(blocked / "tensorboard")],
+    )
+    assert summary["epochs"] == 2
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "TensorBoard" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"warning: TensorBoard logging stopped: cannot write {blocked}")

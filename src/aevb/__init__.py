@@ -12,6 +12,7 @@ The layers, from the maths up:
 * :mod:`aevb.train` — the one training loop (:class:`~aevb.train.Trainer`) and its callbacks;
 * :mod:`aevb.runs` — run folders: settings, starting, resuming and loading runs;
 * :mod:`aevb.experiments` — the paper's figures and the seed notes' contrasts;
+* :mod:`aevb.views` — looking at a run: the HTML report and the latent-space explorer;
 * the faces: :mod:`aevb.cli` (the ``aevb`` command) and :mod:`aevb.sklearn` (an estimator).
 """
 
@@ -41,6 +42,7 @@ _EXPORTS = {
     "TrainingInterrupted": "aevb.errors",
     "evaluate": "aevb.evaluation",
     "log_likelihood_per_example": "aevb.evaluation",
+    "importance_diagnostics": "aevb.evaluation",
     "MonteCarloEM": "aevb.mcem",
     "VAE": "aevb.models",
     "Decoder": "aevb.models",
@@ -60,6 +62,7 @@ _EXPORTS = {
     "resume": "aevb.runs",
     "train": "aevb.runs",
     "Trainer": "aevb.train",
+    "write_report": "aevb.views",
 }
 
 if TYPE_CHECKING:
@@ -73,7 +76,7 @@ if TYPE_CHECKING:
         NumericalFault,
         TrainingInterrupted,
     )
-    from aevb.evaluation import evaluate, log_likelihood_per_example
+    from aevb.evaluation import evaluate, importance_diagnostics, log_likelihood_per_example
     from aevb.mcem import MonteCarloEM
     from aevb.models import VAE, Decoder, Encoder
     from aevb.objectives import (
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
     )
     from aevb.runs import Run, TrainConfig, load_model, load_run, resume, train
     from aevb.train import Trainer
+    from aevb.views import write_report
 
 
 class _Package(types.ModuleType):
@@ -143,6 +147,7 @@ __all__ = [
     "conv",
     "evaluate",
     "heads",
+    "importance_diagnostics",
     "load_dataset",
     "load_model",
     "load_run",
@@ -153,4 +158,5 @@ __all__ = [
     "priors",
     "resume",
     "train",
+    "write_report",
 ]

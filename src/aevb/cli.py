@@ -1,5 +1,5 @@
 """The ``aevb`` command line: ``train``, ``evaluate``, ``sample``, ``reconstruct``, ``embed``,
-``score``, ``reproduce``.
+``score``, ``reproduce``, ``report``, ``explore``.
 
 Every command is a thin layer over the Python API. Problems with the user's input end with
 one ``error: …`` line and exit status 2, never a traceback.
@@ -33,13 +33,13 @@ from aevb.storage import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from aevb.evaluation import Evaluation
+
 EXIT_USER_ERROR = 2
 # Most CPU threads --threads takes.
 MAX_THREADS = 4096
 EXIT_INTERRUPTED = 130
 
-# Rows encoded at a time by ``aevb embed``.
-EMBED_BATCH = 10_000
 THREADS_HELP = "CPU threads for tensor operations (default: one per core)"
 # Flags of ``aevb train`` that are not settings of the run.
 RUN_FLAGS = ("command", "out", "resume", "no_progress", "threads")
@@ -542,19 +542,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(values))
     else:
-        print(_table(values))
+        print(_table(result, args.split))
     warn_if_collapsed(result.active_units, result.latent_dim)
     diagnostics = result.importance_diagnostics
-    if diagnostics is not None and not diagnostics.reliable:
-        warnings.warn(
-            f"{diagnostics.pareto_k_share_above:.1%} of the examples have a Pareto k̂ above "
-            f"{diagnostics.pareto_k_threshold} (worst {diagnostics.pareto_k_max:.2f}): their "
-            "importance weights are too heavy-tailed for the log-likelihood estimate to be "
-            "trusted (it can be far too low, beyond its ± error). Use more --importance-samples, "
-            "a proposal closer to the posterior (train with --posterior full, iaf or planar), or "
-            "aevb.evaluation.hmc_proposal",
-            stacklevel=1,
-        )
+    if diagnostics is not None and diagnostics.warning():
+        warnings.warn(diagnostics.warning(), stacklevel=1)
     return 0
 
 
@@ -603,19 +595,14 @@ def _embed(args: argparse.Namespace) -> int:
     import torch
 
     from aevb.runs import load_run
+    from aevb.views.latent_space import encode_rows
 
     check_output_file(args.out)
     run = load_run(args.run_dir, which=args.which, device=args.device)
     _refuse_conditional(run, "embed")
-    # All rows through the run's transforms at once, as aevb score and aevb evaluate do (a
-    # Bernoulli run's fixed binarization draw covers the whole table), then encoded in batches.
-    x = run.prepare(_read_rows(args, run), where=args.data)
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(x), EMBED_BATCH):
-            q = run.model.posterior(x[start : start + EMBED_BATCH])
-            parts.append(torch.cat([q.mean, q.stddev], 1) if args.std else q.mean)
-    codes = torch.cat(parts).cpu().numpy()  # (N, latent_dim), or (N, 2 latent_dim) with --std
+    found = encode_rows(run, _read_rows(args, run), where=args.data)
+    # (N, latent_dim), or (N, 2 latent_dim) with --std
+    codes = (torch.cat([found.means, found.stds], 1) if args.std else found.means).numpy()
     d = run.model.latent_dim
     header = [f"z{i}" for i in range(1, d + 1)]
     if args.std:
@@ -643,42 +630,13 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(values: dict) -> str:
+def _table(result: Evaluation, split: str) -> str:
+    """``aevb evaluate``'s readable table."""
     rows = [
-        (
-            "log-likelihood log p(x)",
-            f"{values['log_likelihood']:.3f} ± "
-            f"{values['log_likelihood_se']:.3f} nats (k = {values['importance_samples']})",
-        ),
-        (f"IWAE bound L_{values['iwae_samples']}", f"{values['iwae_bound']:.3f} nats"),
-        ("ELBO (estimator B)", f"{values['elbo']:.3f} nats"),
-        ("ELBO (estimator A)", f"{values['elbo_a']:.3f} nats"),
-        ("reconstruction E_q log p(x|z)", f"{values['reconstruction']:.3f} nats"),
-        ("KL(q(z|x) ‖ p(z))", f"{values['kl']:.3f} nats"),
-        ("bits per dimension", f"{values['bits_per_dim']:.4f}"),
-        ("active units", _active_units(values)),
-        ("examples", f"{values['num_examples']} ({values['split']} split)"),
-        ("seconds", f"{values['seconds']:.1f}"),
+        *result.rows(),
+        ("examples", f"{result.num_examples} ({split} split)"),
+        ("seconds", f"{result.seconds:.1f}"),
     ]
-    diagnostics = values.get("importance_diagnostics")
-    if diagnostics is None:
-        rows[1:1] = [("ESS, PSIS Pareto k", "not computed (k < 21 draws)")]
-    else:
-        rows[1:1] = [
-            (
-                "effective sample size",
-                f"median {diagnostics['ess_median']:.1f} "
-                f"({diagnostics['ess_median_fraction']:.1%} of k), "
-                f"min {diagnostics['ess_min']:.1f}",
-            ),
-            (
-                "PSIS Pareto k of weights",
-                f"median {float(diagnostics['pareto_k_median']):.2f}, "  # ±inf: "-inf", "inf"
-                f"worst {float(diagnostics['pareto_k_max']):.2f}; "
-                f"{diagnostics['pareto_k_share_above']:.1%} of examples above "
-                f"{diagnostics['pareto_k_threshold']}",
-            ),
-        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -754,15 +712,6 @@ def _explore(args: argparse.Namespace) -> int:
         allow_remote=args.host is not None,
     )
     return 0
-
-
-def _active_units(values: dict) -> str:
-    """'12 of 20', with each stochastic layer's count where there are several."""
-    shown = f"{values['active_units']} of {values['latent_dim']}"
-    if values.get("active_units_per_layer"):
-        layers = ", ".join(map(str, values["active_units_per_layer"]))
-        shown += f" (by layer: {layers})"
-    return shown
 
 
 def _contrast(args: argparse.Namespace) -> int:

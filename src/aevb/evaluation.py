@@ -64,11 +64,15 @@ CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 24}
 PARETO_K_THRESHOLD = 0.7
 # The fewest tail draws a generalized Pareto fit uses, as ArviZ and loo; k ≥ 21 gives M ≥ 5.
 MIN_TAIL_SAMPLES = 5
+MIN_DIAGNOSED_SAMPLES = 21
 # The share of datapoints above the threshold from which an evaluation is called unreliable:
 # below it, even rows each estimated 10 nats low move the mean log p̂(x) by under 0.1 nats. At
 # small k the k̂ are noisy (at k = 100, M = 20, a row of true k = 0.3 is above 0.7 about 4% of
 # the time), so a small-k evaluation of a sound model can be flagged: more draws settle it.
 UNRELIABLE_SHARE = 0.01
+# Log-weights within this many ulps (relative) of the largest count as equal to it: the
+# rounding of float32 sums of a few hundred terms, as the exact posterior's weights show.
+ROUNDING_ULPS = 64
 # Elements of the (rows × grid × tail) tensor of one slice of the Zhang–Stephens fit.
 FIT_ELEMENTS = 1 << 22
 
@@ -128,6 +132,34 @@ class Evaluation:
             values["importance_diagnostics"] = self.importance_diagnostics.to_dict()
         return values
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The evaluation as (quantity, value) lines of a table (``aevb evaluate``, the
+        report): log p̂(x) with its standard error and diagnostics, the bounds, KL, bits per
+        dimension and active units."""
+        active = f"{self.active_units} of {self.latent_dim}"
+        if self.active_units_per_layer:
+            active += f" (by layer: {', '.join(map(str, self.active_units_per_layer))})"
+        diagnostics = (
+            [("ESS, PSIS Pareto k̂", f"not computed (k < {MIN_DIAGNOSED_SAMPLES} draws)")]
+            if self.importance_diagnostics is None
+            else self.importance_diagnostics.rows()
+        )
+        return [
+            (
+                "log-likelihood log p(x)",
+                f"{self.log_likelihood:.3f} ± {self.log_likelihood_se:.3f} nats "
+                f"(k = {self.importance_samples}; ± one Monte Carlo standard error)",
+            ),
+            *diagnostics,
+            (f"IWAE bound L_{self.iwae_samples}", f"{self.iwae_bound:.3f} nats"),
+            ("ELBO (estimator B)", f"{self.elbo:.3f} nats"),
+            ("ELBO (estimator A)", f"{self.elbo_a:.3f} nats"),
+            ("reconstruction E_q log p(x|z)", f"{self.reconstruction:.3f} nats"),
+            (f"KL(q(z|x) ‖ p(z)) ({self.kl_estimator})", f"{self.kl:.3f} nats"),
+            ("bits per dimension", f"{self.bits_per_dim:.4f}"),
+            ("active units", active),
+        ]
+
     def in_data_units(self, log_abs_det_jacobian: float) -> Evaluation:
         """The same evaluation for data a transform mapped into the model's space: every
         log-density of x (not the KL) gains log |det ∂x_model/∂x| (nats per example), e.g.
@@ -166,6 +198,36 @@ class ImportanceDiagnostics:
     def reliable(self) -> bool:
         """At most :data:`UNRELIABLE_SHARE` (1%) of the rows have k̂ above the threshold."""
         return self.pareto_k_share_above <= UNRELIABLE_SHARE
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(quantity, value) lines of a table: the effective sample sizes and the k̂."""
+        return [
+            (
+                "effective sample size",
+                f"median {self.ess_median:.1f} ({self.ess_median_fraction:.1%} of k), "
+                f"min {self.ess_min:.1f}",
+            ),
+            (
+                "PSIS Pareto k̂ of the weights",
+                f"median {self.pareto_k_median:.2f}, worst {self.pareto_k_max:.2f}; "
+                f"{self.pareto_k_share_above:.1%} of the examples above "
+                f"{self.pareto_k_threshold:g}",
+            ),
+        ]
+
+    def warning(self) -> str | None:
+        """What an unreliable estimate means and what helps, in one sentence (``None`` when
+        :attr:`reliable`)."""
+        if self.reliable:
+            return None
+        return (
+            f"{self.pareto_k_share_above:.1%} of the examples have a Pareto k̂ above "
+            f"{self.pareto_k_threshold:g} (worst {self.pareto_k_max:.2f}): their importance "
+            "weights are too heavy-tailed for the log-likelihood estimate to be trusted (it can "
+            "be far too low, beyond its ± error). More importance samples, a posterior closer "
+            "to the true one (train with --posterior full, iaf or planar) or "
+            "aevb.evaluation.hmc_proposal help"
+        )
 
     def to_dict(self) -> dict:
         """The fields, for JSON (which has no infinities): k̂ = ±inf as the strings "-inf" and
@@ -702,6 +764,7 @@ def _batch_statistics(
         count = min(chunk, k - start)
         shared = None if noise is None else noise[start : start + count]
         samples = latent_samples(model, x, count, posterior=posterior, prior=prior, noise=shared)
+        compute_dtype = samples.log_weights.dtype
         log_w = samples.log_weights.to(dtype)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
         log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, 0))
@@ -748,7 +811,7 @@ def _batch_statistics(
     if largest is not None:
         diagnostics = ExampleDiagnostics(
             effective_sample_size=_effective_sample_size(log_sum_w, log_sum_w2, k),
-            pareto_k=_pareto_k_of_largest(largest.values()),
+            pareto_k=_pareto_k_of_largest(largest.values(), torch.finfo(compute_dtype).eps),
             importance_samples=k,
         )
     return statistics, kl_dims, diagnostics
@@ -803,25 +866,30 @@ def pareto_k(log_weights: Tensor) -> Tensor:
     weights' moments of order below 1/k̂ are finite: k̂ < 0.5, finite variance; k̂ > 0.7, an
     estimate not to be trusted. k ≥ 21 draws (M ≥ 5). Ties with the (M + 1)-th largest weight
     are left out of the fit, as in ArviZ. Special values: −inf where the M + 1 largest weights
-    are equal up to rounding (their log-weights within √ε · max(1, |log w|), ε the dtype's
-    machine epsilon: 3.5·10⁻⁴ relative in float32), a constant, bounded tail, as with the exact
-    posterior; +inf where fewer than 5 weights exceed the (M + 1)-th otherwise, or where a
-    column's largest weight is 0 or not finite (no fit: not to be trusted).
+    are equal up to rounding (their log-weights within :data:`ROUNDING_ULPS` · ε · max(1,
+    |log w|), ε the machine epsilon of the dtype they were computed in), a constant, bounded
+    tail, as with the exact posterior; +inf where fewer than 5 weights exceed the (M + 1)-th
+    otherwise, or where a column's largest weight is 0 or not finite (no fit: not to be
+    trusted).
     """
     tail = pareto_tail_size(len(log_weights))
     if tail < MIN_TAIL_SAMPLES:
         raise ValueError(f"a Pareto fit needs at least 21 draws per column, got {len(log_weights)}")
-    return _pareto_k_of_largest(log_weights.topk(tail + 1, 0).values)
+    eps = torch.finfo(log_weights.dtype).eps
+    return _pareto_k_of_largest(log_weights.topk(tail + 1, 0).values, eps)
 
 
-def _pareto_k_of_largest(largest: Tensor) -> Tensor:
-    """:func:`pareto_k` of columns from their M + 1 largest log-weights (M + 1, N): (N,)."""
+def _pareto_k_of_largest(largest: Tensor, eps: float) -> Tensor:
+    """:func:`pareto_k` of columns from their M + 1 largest log-weights (M + 1, N), computed
+    in a dtype of machine epsilon ``eps``: (N,)."""
     values = largest.double().T.sort(1).values  # (N, M + 1), ascending
     top = values[:, -1:]
     fittable = torch.isfinite(top[:, 0])
-    # Rounding in the log-weights (float32: sums of thousands of terms) leaves the exact
-    # posterior's constant weights a few distinct values apart: their tail is constant too.
-    rounding = math.sqrt(torch.finfo(largest.dtype).eps) * top[:, 0].abs().clamp(min=1)
+    # Rounding in the log-weights (sums of hundreds of terms) leaves the exact posterior's
+    # constant weights a few ulps apart: their tail is constant too. The tolerance scales
+    # with ε of the dtype the model computed in (not the one they are accumulated in), and
+    # is far below any real tail's spread (at |log w| = 7000 in float32: 0.05 nats).
+    rounding = ROUNDING_ULPS * eps * top[:, 0].abs().clamp(min=1)
     constant = fittable & (top[:, 0] - values[:, 0] <= rounding)
     # Weights over the largest, in float64, with ArviZ's floor on the cutoff: the smallest
     # positive normal float.
@@ -870,23 +938,32 @@ def _generalized_pareto_shape(exceedances: Tensor, counts: Tensor) -> Tensor:
     return ((n * xi + 10 * 0.5) / (n + 10))[:, 0]
 
 
-def count_active_units(
-    posterior_means: Tensor, threshold: float = 0.01, mean_error_variance: Tensor | None = None
-) -> int:
-    """Latent units whose posterior mean varies over the data: Var_x(E_q[z_j]) > threshold.
+def posterior_mean_spread(
+    posterior_means: Tensor, mean_error_variance: Tensor | None = None
+) -> Tensor:
+    """Var_x(E_q[z_j]) of each latent unit over the rows: (latent_dim,) float64, from the
+    posterior means (N, latent_dim); zeros for fewer than 2 rows.
 
-    posterior_means: (N, latent_dim). The criterion of Burda et al. (2015). Where the means
-    are Monte Carlo estimates (:class:`~aevb.distributions.SampledPosterior`),
+    Where the means are Monte Carlo estimates (:class:`~aevb.distributions.SampledPosterior`),
     ``mean_error_variance`` (N, latent_dim), the variance of each estimate, is taken off:
-    Var_x(m̂) = Var_x(m) + E_x[Var(m̂ − m)], and a collapsed unit (σ ≈ 1, 64 draws) would
-    otherwise show a spread of 1/64 > 0.01 and count as active.
+    Var_x(m̂) = Var_x(m) + E_x[Var(m̂ − m)], so a collapsed unit (σ ≈ 1, 64 draws) does not
+    show a spread of 1/64. The result can then be slightly negative.
     """
     if len(posterior_means) < 2:
-        return 0
+        return posterior_means.new_zeros(posterior_means.shape[1], dtype=torch.float64)
     spread = posterior_means.double().var(0)
     if mean_error_variance is not None:
         spread = spread - mean_error_variance.double().mean(0)
-    return int((spread > threshold).sum())
+    return spread
+
+
+def count_active_units(
+    posterior_means: Tensor, threshold: float = 0.01, mean_error_variance: Tensor | None = None
+) -> int:
+    """Latent units whose posterior mean varies over the data: Var_x(E_q[z_j]) > threshold,
+    the criterion of Burda et al. (2015), with :func:`posterior_mean_spread` of the posterior
+    means (N, latent_dim) and their Monte Carlo error variances (N, latent_dim) if any."""
+    return int((posterior_mean_spread(posterior_means, mean_error_variance) > threshold).sum())
 
 
 def hmc_proposal(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.image import imsave
+from PIL import Image
 from torch import Tensor
 
 from aevb.conditional import is_conditional
@@ -51,25 +51,28 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np
     return grid[..., 0] if channels == 1 else grid
 
 
+def grid_png(images: np.ndarray | Tensor, ncols: int | None = None, min_pixels: int = 400) -> bytes:
+    """Images (N, C, H, W), values in [0, 1] (clipped), as one grid PNG: grey for C = 1, RGB
+    for C = 3. Each image pixel becomes a k×k block (nearest neighbour), k chosen so the longer
+    side is at least ``min_pixels`` pixels (k = 1 for 0)."""
+    if isinstance(images, Tensor):
+        images = images.detach().cpu().numpy()
+    grid = np.clip(image_grid(images, ncols), 0.0, 1.0)
+    k = max(1, math.ceil(min_pixels / max(grid.shape[:2])))
+    pixels = np.round(grid * 255).astype(np.uint8).repeat(k, 0).repeat(k, 1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_image_grid(
     images: np.ndarray | Tensor,
     path: str | Path,
     ncols: int | None = None,
     min_pixels: int = 400,
 ) -> None:
-    """Write images (N, C, H, W), values in [0, 1] (clipped), as a grid PNG (grey or colour).
-
-    Each image pixel becomes a k×k block (nearest neighbour), k chosen so the longer side of
-    the file is at least ``min_pixels`` pixels.
-    """
-    if isinstance(images, Tensor):
-        images = images.detach().cpu().numpy()
-    grid = np.clip(image_grid(images, ncols), 0.0, 1.0)
-    k = max(1, math.ceil(min_pixels / max(grid.shape[:2])))
-    block = np.ones((k, k) + (1,) * (grid.ndim - 2), dtype=grid.dtype)
-    buffer = io.BytesIO()
-    imsave(buffer, np.kron(grid, block), cmap="gray", vmin=0, vmax=1, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    """Write images (N, C, H, W) as a grid PNG (:func:`grid_png`) to ``path``, atomically."""
+    atomic_write_bytes(path, grid_png(images, ncols, min_pixels))
 
 
 def save_reconstructions(
@@ -141,8 +144,8 @@ def image_panels(
 ) -> ImagePanels:
     """Samples (drawn with the fixed seed 0, leaving the global random state alone) and
     reconstructions of the first test rows ``test_x`` (model space); ``inverse`` maps model
-    outputs back to the data's units. A conditional model's samples take the classes in turn
-    and its reconstructions the test ``labels``."""
+    outputs back to the data's units (no reconstructions for no rows). A conditional model's
+    samples take the classes in turn and its reconstructions the test ``labels``."""
     inverse = inverse or (lambda values: values)
     columns = None
     if is_conditional(model):
@@ -151,7 +154,9 @@ def image_panels(
     with fixed_randomness(0, test_x.device):
         samples = model.sample(num_images)
     originals = test_x[:num_reconstructions]
-    if columns is not None:
+    if not len(originals):
+        reconstructed = originals
+    elif columns is not None:
         assert labels is not None
         reconstructed = model.reconstruct(originals, labels[:num_reconstructions])
     else:

@@ -63,7 +63,8 @@ class StorageError(AevbError):
         super().__init__(f"cannot write {path}: {reason}")
 
 
-def _reason(error: OSError) -> str:
+def os_reason(error: OSError) -> str:
+    """The operating system's reason for ``error``, in words."""
     known = {
         errno.ENOSPC: "no space left on the device",
         errno.EDQUOT: "disk quota exceeded",
@@ -87,7 +88,7 @@ def make_folder(path: str | os.PathLike) -> Path:
     except FileExistsError as error:
         raise StorageError(path, "a file of that name exists") from error
     except OSError as error:
-        raise StorageError(path, _reason(error)) from error
+        raise StorageError(path, os_reason(error)) from error
     return path
 
 
@@ -150,7 +151,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp = None
         _fsync_folder(path.parent)
     except OSError as error:
-        raise StorageError(path, _reason(error)) from error
+        raise StorageError(path, os_reason(error)) from error
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -200,7 +201,7 @@ class RunLock:
                 "wait for it to finish, or choose another folder"
             ) from error
         except OSError as error:
-            raise StorageError(self.folder / LOCK_FILE, _reason(error)) from error
+            raise StorageError(self.folder / LOCK_FILE, os_reason(error)) from error
         self.held = True
         return self
 

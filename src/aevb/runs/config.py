@@ -473,7 +473,7 @@ class TrainConfig:
                     f"{self.lr_schedule}"
                 )
         if self.lr_decay == 0:
-            problems.append("lr_decay must be above 0 (0 would stop training)")
+            problems.append("--lr-decay must be above 0 (0 would stop training)")
         if self.free_bits and self.posterior != "diagonal":
             problems.append("free bits need a diagonal posterior, whose KL splits per dimension")
         flow = self.posterior in FLOW_POSTERIORS

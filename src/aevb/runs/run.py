@@ -92,7 +92,7 @@ from aevb.train.callbacks import (
 from aevb.train.optim import make_optimizer
 from aevb.train.schedules import make_schedule
 from aevb.train.step import should_compile
-from aevb.train.tensorboard import TensorBoard, tensorboard_available
+from aevb.train.tensorboard import TENSORBOARD_MISSING, TensorBoard, tensorboard_available
 from aevb.train.trainer import Trainer
 
 __all__ = [
@@ -647,12 +647,12 @@ class RunSession:
         )
         writer = parallel.writer  # the others compute alongside and write nothing
         own += [MetricsFile(run_dir / METRICS_FILE)] if writer else []
-        if writer and _tensorboard_on(config):
+        if _tensorboard_on(config) and writer:  # every process checks the package
             own.append(
                 TensorBoard(
                     run_dir / TENSORBOARD_DIR,
                     config.to_dict(),
-                    self.val_x if dataset.is_image and len(self.val_x) else None,
+                    self.val_x if dataset.is_image else None,
                     transforms.inverse,
                     self.val_labels,
                 )
@@ -842,8 +842,13 @@ class RunSession:
 
 
 def _tensorboard_on(config: TrainConfig) -> bool:
-    """``--tensorboard`` as given; by default, on where the package is installed."""
-    return tensorboard_available() if config.tensorboard is None else config.tensorboard
+    """``--tensorboard`` as given (refused without the package); by default, on where the
+    package is installed."""
+    if config.tensorboard is None:
+        return tensorboard_available()
+    if config.tensorboard and not tensorboard_available():
+        raise ConfigError(TENSORBOARD_MISSING)
+    return config.tensorboard
 
 
 def _prepared(transforms: Transforms, rows: np.ndarray, device: torch.device) -> Tensor:

@@ -66,6 +66,8 @@ DIAGNOSIS_ROWS = 1000
 # healthy run improves on its untrained model; one this far below it has left any useful
 # region (Adam at lr 1e3 on digits reaches −5e12 against −44 untrained).
 DIVERGENCE_FACTOR = 100.0
+# Where each judged metric is in the metric sums (ELBO, reconstruction, KL, rows).
+JUDGED_SUMS = {"elbo": 0, "reconstruction": 1}
 # In a data-parallel run, steps between the processes' checks for a stop requested by a signal.
 STOP_AGREEMENT_STEPS = 20
 
@@ -282,18 +284,21 @@ class Trainer:
         assert self.training_step is not None
         self.optimizer.zero_grad(set_to_none=True)
         if self._parallel is None:
-            self.step_loss, batch_sums = self.training_step(
+            loss, batch_sums = self.training_step(
                 self.model, self.objective, x, beta, self.precision, labels
             )
+            self.step_loss = loss
         else:
             x, labels, scale = self._local_part(x, labels)
-            self.step_loss, batch_sums = self.training_step(
+            loss, batch_sums = self.training_step(
                 self.objective, x, beta, self.precision, labels, scale
             )
+            # This process's loss per example, unweighted (0 for a process without rows).
+            self.step_loss = loss.detach() / scale.clamp(min=1e-30)
         # On the device: nonfinite = 1.0 if the loss or any gradient is NaN or ±inf. The
         # multi-tensor check is the one GradScaler uses (0.09 ms for the MNIST model on two
         # cores; grads are multiplied by 1).
-        nonfinite.copy_(~torch.isfinite(self.step_loss.detach()))
+        nonfinite.copy_(~torch.isfinite(loss.detach()))
         grads = [p.grad for p in parameters if p.grad is not None]
         torch._amp_foreach_non_finite_check_and_unscale_(grads, nonfinite, one)
         if self._parallel is not None:  # one process's non-finite loss skips the step in all
@@ -306,7 +311,7 @@ class Trainer:
 
     def running_value(self) -> float:
         """The epoch's running mean of the judged metric so far (a host sync)."""
-        index = {"elbo": 0, "reconstruction": 1}.get(self.objective.judged_by, 0)
+        index = JUDGED_SUMS.get(self.objective.judged_by, 0)
         sums = self._sums_so_far
         value, rows = sums[index].item(), sums[3].item()
         return value / max(rows, 1) + self.data.transforms.log_abs_det_jacobian

@@ -5,7 +5,8 @@ thread) and the posterior means of the first test rows; :func:`make_server` puts
 small JSON/PNG API (``http.server``, standard library only) and the page ``explore.html``
 (package data, no external resources); :func:`serve` runs it until Ctrl-C.
 
-The API (every error is a 4xx with one line of JSON, ``{"error": "…"}``):
+The API (every error is a 4xx, or a 503 while :data:`MAX_REQUESTS` requests are being
+answered, with one line of JSON, ``{"error": "…"}``):
 
 * ``GET /api/info`` — the page's setup: latent size, the units with sliders and their ranges;
 * ``GET /api/decode?z=z1,…,zL[&label=k]`` — E[x|z] as ``{"image": PNG data URI}`` (images) or
@@ -32,7 +33,8 @@ import sys
 import threading
 import warnings
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,13 +49,13 @@ from torch import Tensor
 
 from aevb.conditional import is_conditional
 from aevb.errors import AevbError
+from aevb.plots import grid_png
 from aevb.runs import Run, load_run
 from aevb.views.latent_space import (
     data_uri,
     decode,
     encode_rows,
     grid_over,
-    png_bytes,
     prior_quantiles,
     test_labels,
 )
@@ -77,6 +79,10 @@ SLIDER_QUANTILES = (0.0015, 0.5, 0.9985)
 GRID_QUANTILES = (0.05, 0.95)
 # Seconds a connection may stall while a request is read.
 REQUEST_TIMEOUT = 30
+# Requests answered at once (each may hold an upload and its decoded image), and the seconds
+# another waits for one of them to end before it is answered 503.
+MAX_REQUESTS = 4
+BUSY_WAIT = 2.0
 PAGE = "explore.html"
 
 
@@ -132,8 +138,9 @@ class Encoded:
 
 
 class Explorer:
-    """The model behind the explorer's API. Every method takes the model's lock, so the
-    server's threads use it one at a time; arguments are checked (:class:`RequestError`)."""
+    """The model behind the explorer's API. Every method uses the model under its lock and
+    without gradients (:meth:`using_model`), so the server's threads use it one at a time;
+    arguments are checked (:class:`RequestError`)."""
 
     def __init__(self, run: Run, num_examples: int = TEST_ROWS, max_sliders: int = MAX_SLIDERS):
         self.run = run
@@ -177,6 +184,12 @@ class Explorer:
             max_upload=MAX_UPLOAD,
         )
 
+    @contextmanager
+    def using_model(self) -> Iterator[None]:
+        """The model's lock held, gradients off (in this thread)."""
+        with self.lock, torch.no_grad():
+            yield
+
     # ------------------------------------------------------------------ checked arguments
     def latent(self, z: Tensor) -> Tensor:
         """z (latent_dim,) checked: the right length, finite, |z_j| ≤ MAX_LATENT."""
@@ -213,7 +226,7 @@ class Explorer:
     def decode(self, z: Tensor, label: int | None = None) -> Tensor:
         """E[x|z] of one latent z (latent_dim,), in the data's units: (1, *data_shape)."""
         z, label = self.latent(z), self.label(label)
-        with self.lock:
+        with self.using_model():
             return decode(self.run, z[None], label)
 
     def grid(
@@ -237,7 +250,7 @@ class Explorer:
             raise RequestError(f"size must be in 2…{MAX_GRID}, got {size}")
         base = self.origin if base is None else self.latent(base)
         label = self.label(label)
-        with self.lock:
+        with self.using_model():
             values = prior_quantiles(self.run, torch.linspace(*GRID_QUANTILES, size))
             across, down = values[:, first], values[:, second].flip(0)
             images = decode(self.run, grid_over(base, first, second, across, down), label)
@@ -260,7 +273,7 @@ class Explorer:
         t = torch.linspace(0, 1, steps)[:, None]
         z = (1 - t) * self.codes.means[a] + t * self.codes.means[b]
         label = self.label(label)
-        with self.lock:
+        with self.using_model():
             return decode(self.run, z, label)
 
     def encode(self, x: Tensor, label: int | None = None) -> Encoded:
@@ -268,7 +281,7 @@ class Explorer:
         model), with the row as the model sees it and its reconstruction."""
         label = self.label(label)
         labels = None if label is None else torch.tensor([label])
-        with self.lock:
+        with self.using_model():
             q = self.run.encode(x, labels=labels)
             return Encoded(
                 q.mean[0].cpu(),
@@ -341,6 +354,11 @@ def _number(text: str, name: str) -> float:
         return float(text)
     except ValueError:
         raise RequestError(f"{name} must be a number, got {text[:40]!r}") from None
+
+
+def _png(images: Tensor, ncols: int | None = None) -> bytes:
+    """Images (N, C, H, W) as one PNG grid at their own size (the page scales it up)."""
+    return grid_png(images, ncols, min_pixels=0)
 
 
 def _round(value: float) -> float:
@@ -424,8 +442,8 @@ class _Api:
         if not self.explorer.run.is_image:
             return {"values": [_rounded(row) for row in rows]}
         if columns is not None:
-            return {"image": data_uri(png_bytes(rows, columns))}
-        return {"images": [data_uri(png_bytes(row[None])) for row in rows]}
+            return {"image": data_uri(_png(rows, columns))}
+        return {"images": [data_uri(_png(row[None])) for row in rows]}
 
     def _z(self, query: _Query, required: bool = True) -> Tensor | None:
         z = query.vector("z")
@@ -445,7 +463,7 @@ class _Api:
             raise RequestError("this run's data are table rows, not images: use /api/decode")
         z = self._z(query)
         assert z is not None
-        return _Response("image/png", png_bytes(self.explorer.decode(z, query.integer("label"))))
+        return _Response("image/png", _png(self.explorer.decode(z, query.integer("label"))))
 
     def grid(self, query: _Query, body: bytes) -> _Response:
         size = query.integer("size", 9)
@@ -465,7 +483,7 @@ class _Api:
         shown, mean, std, label = self.explorer.test_row(index)
         values = {"index": index, "label": label, "mean": _rounded(mean), "std": _rounded(std)}
         if self.explorer.run.is_image:
-            return {**values, "image": data_uri(png_bytes(shown))}
+            return {**values, "image": data_uri(_png(shown))}
         return {**values, "values": _rounded(shown[0])}
 
     def test(self, query: _Query, body: bytes) -> _Response:
@@ -484,8 +502,8 @@ class _Api:
         encoded = self.explorer.encode(x, query.integer("label"))
         values: dict[str, Any] = {"mean": _rounded(encoded.mean), "std": _rounded(encoded.std)}
         if self.explorer.run.is_image:
-            values["input"] = data_uri(png_bytes(encoded.input))
-            values["reconstruction"] = data_uri(png_bytes(encoded.reconstruction))
+            values["input"] = data_uri(_png(encoded.input))
+            values["reconstruction"] = data_uri(_png(encoded.reconstruction))
         else:
             values["input"] = _rounded(encoded.input[0])
             values["reconstruction"] = _rounded(encoded.reconstruction[0])
@@ -511,22 +529,33 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def _answer(self, method: str) -> None:
-        try:
-            response = self._route(method)
-        except RequestError as error:
-            response = _json({"error": str(error)}, error.status, error.allow)
-        except AevbError as error:  # the run refused the data (shape, range, …)
-            response = _json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
-        except TimeoutError:
-            response = _json(
-                {"error": "the request body came too slowly"}, HTTPStatus.REQUEST_TIMEOUT
+        slots = self.server.slots
+        if not slots.acquire(timeout=BUSY_WAIT):
+            self.close_connection = True  # any body is left unread
+            self._send(
+                _json({"error": "the explorer is busy: try again"}, HTTPStatus.SERVICE_UNAVAILABLE)
             )
+            return
+        try:
+            self._send(self._response(method))
+        finally:
+            slots.release()
+
+    def _response(self, method: str) -> _Response:
+        """The answer to the request, or its one-line JSON error."""
+        try:
+            return self._route(method)
+        except RequestError as error:
+            return _json({"error": str(error)}, error.status, error.allow)
+        except AevbError as error:  # the run refused the data (shape, range, …)
+            return _json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+        except TimeoutError:
+            return _json({"error": "the request body came too slowly"}, HTTPStatus.REQUEST_TIMEOUT)
         except Exception as error:  # a bug: one line here, one line to the page, serving on
             print(
                 f"aevb explore: {method} {self.path[:200]} failed: {error!r:.300}", file=sys.stderr
             )
-            response = _json({"error": f"internal error ({type(error).__name__})"}, 500)
-        self._send(response)
+            return _json({"error": f"internal error ({type(error).__name__})"}, 500)
 
     def _route(self, method: str) -> _Response:
         if not self.server.host_allowed(self.headers.get("Host", "")):
@@ -591,13 +620,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 class ExplorerServer(ThreadingHTTPServer):
     """The explorer's HTTP server: a thread per request (daemon threads, so Ctrl-C ends it at
-    once); ``url`` is where it listens."""
+    once), at most :data:`MAX_REQUESTS` of them answering at a time (``slots``); ``url`` is
+    where it listens."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], api: _Api, loopback: bool):
         self.api = api
         self.loopback = loopback
+        self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
         super().__init__(address, _Handler)
 
     @property
@@ -607,14 +638,23 @@ class ExplorerServer(ThreadingHTTPServer):
         return f"http://{shown}:{port}/"
 
     def host_allowed(self, header: str) -> bool:
-        """On a loopback address only requests naming a loopback host are answered, so that
-        another site cannot reach the server through a DNS name rebound to 127.0.0.1."""
+        """On a loopback address only requests whose Host (``name[:port]``) is ``localhost``
+        or a loopback IP address (``[::1]`` for IPv6) are answered, so that another site
+        cannot reach the server through a DNS name rebound to 127.0.0.1."""
         if not self.loopback:
             return True
-        name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
-        return name.strip("[]").lower() in ("127.0.0.1", "localhost", "::1") or name.startswith(
-            "127."
-        )
+        if header.startswith("["):  # [IPv6 address]:port
+            inside, bracket, _ = header[1:].partition("]")
+            name = inside if bracket else ""
+        else:
+            name = header.rpartition(":")[0] if ":" in header else header
+        name = name.lower().removesuffix(".")
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection dropped mid-request is not an error worth a traceback."""

@@ -1,5 +1,5 @@
 """The latent space of a trained run, as both views show it: posterior means of held-out rows,
-their principal plane, the prior's quantiles, decoding z to data, and images as PNG bytes.
+their principal plane, the prior's quantiles, decoding z to data, and PNG data URIs.
 
 Everything here takes a :class:`aevb.runs.Run` and returns data in the data's units
 (``run.transforms.inverse``), on the CPU.
@@ -8,20 +8,17 @@ Everything here takes a :class:`aevb.runs.Run` and returns data in the data's un
 from __future__ import annotations
 
 import base64
-import io
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.distributions import Independent, Normal
 
 from aevb.conditional import bind, checked_labels, is_conditional
+from aevb.distributions import MOMENT_SAMPLES, SampledPosterior
 from aevb.errors import DataError
-from aevb.evaluation import fixed_randomness
-from aevb.plots import image_grid
+from aevb.evaluation import fixed_randomness, posterior_mean_spread
 from aevb.runs import Run
 
 __all__ = [
@@ -31,7 +28,6 @@ __all__ = [
     "decode",
     "encode_rows",
     "grid_over",
-    "png_bytes",
     "prior_quantiles",
     "test_labels",
 ]
@@ -44,34 +40,45 @@ QUANTILE_DRAWS = 20_000
 
 @dataclass(frozen=True)
 class Codes:
-    """Posterior means and standard deviations of q(z|x) of some rows: (N, latent_dim) each."""
+    """Posterior means and standard deviations of q(z|x) of some rows: (N, latent_dim) each;
+    ``mean_errors``: the variance (N, latent_dim) of each mean where it is a Monte Carlo
+    estimate (:class:`~aevb.distributions.SampledPosterior`), else ``None``."""
 
     means: Tensor
     stds: Tensor
+    mean_errors: Tensor | None = None
 
     @property
     def activity(self) -> Tensor:
-        """Var_x(E_q[z_j]) per unit (latent_dim,): a unit is active above 0.01 (Burda et al.)."""
-        if len(self.means) < 2:
-            return torch.zeros(self.means.shape[1])
-        return self.means.double().var(0).float()
+        """Var_x(E_q[z_j]) per unit (latent_dim,), the means' Monte Carlo error taken off
+        (:func:`aevb.evaluation.posterior_mean_spread`): a unit is active above 0.01 (Burda
+        et al.), as the evaluation counts them."""
+        return posterior_mean_spread(self.means, self.mean_errors).float()
 
 
 @torch.no_grad()
-def encode_rows(run: Run, x: Tensor, labels: Tensor | None = None) -> Codes:
+def encode_rows(
+    run: Run, x: np.ndarray | Tensor, labels: Tensor | None = None, where: str = "the data"
+) -> Codes:
     """q(z|x) of rows as loaded x: (N, *data_shape) (given their ``labels`` (N,) for a
-    conditional model). All rows go through the run's transforms at once, as in its
-    evaluation (a Bernoulli run's fixed binarization draw covers them all), then are encoded
-    in batches."""
-    prepared = run.prepare(x)
-    labels = checked_labels(run.model, labels, len(x))
-    means, stds = [], []
-    for start in range(0, len(x), ENCODE_BATCH):
+    conditional model), on the CPU. All rows go through the run's transforms at once, as in
+    its evaluation (a Bernoulli run's fixed binarization draw covers them all), then are
+    encoded in batches. ``where`` names the rows in errors."""
+    prepared = run.prepare(x, where)
+    labels = checked_labels(run.model, labels, len(prepared))
+    means, stds, errors = [], [], []
+    for start in range(0, len(prepared), ENCODE_BATCH):
         part = None if labels is None else labels[start : start + ENCODE_BATCH].to(run.device)
         q = bind(run.model, part).posterior(prepared[start : start + ENCODE_BATCH])
         means.append(q.mean.cpu())
         stds.append(q.stddev.cpu())
-    return Codes(torch.cat(means).float(), torch.cat(stds).float())
+        if isinstance(q, SampledPosterior):
+            errors.append((q.variance / MOMENT_SAMPLES).cpu())
+    return Codes(
+        torch.cat(means).float(),
+        torch.cat(stds).float(),
+        torch.cat(errors).float() if errors else None,
+    )
 
 
 def test_labels(run: Run, limit: int | None) -> Tensor | None:
@@ -164,20 +171,6 @@ def grid_over(
     z[:, first] = a.reshape(-1)
     z[:, second] = b.reshape(-1)
     return z
-
-
-def png_bytes(images: Tensor | np.ndarray, ncols: int | None = None, min_pixels: int = 0) -> bytes:
-    """Images (N, C, H, W) with values in [0, 1] (clipped) as one PNG grid (grey for C = 1,
-    RGB for C = 3), each pixel a k×k block so that the longer side has at least
-    ``min_pixels`` pixels (k = 1 for 0)."""
-    if isinstance(images, Tensor):
-        images = images.detach().cpu().numpy()
-    grid = np.clip(image_grid(images, ncols), 0.0, 1.0)
-    k = max(1, math.ceil(min_pixels / max(grid.shape[:2])))
-    pixels = np.round(grid * 255).astype(np.uint8).repeat(k, 0).repeat(k, 1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def data_uri(data: bytes, media_type: str = "image/png") -> str:

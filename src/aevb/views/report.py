@@ -27,7 +27,7 @@ from torch import Tensor
 
 from aevb.conditional import is_conditional
 from aevb.evaluation import Evaluation, fixed_randomness
-from aevb.plots import interleaved
+from aevb.plots import grid_png, interleaved
 from aevb.runs import Run, load_run
 from aevb.runs.run import METRICS_FILE, SUMMARY_FILE
 from aevb.storage import atomic_write_text, check_output_file, make_folder
@@ -37,7 +37,6 @@ from aevb.views.latent_space import (
     data_uri,
     decode,
     encode_rows,
-    png_bytes,
     prior_quantiles,
     test_labels,
 )
@@ -137,69 +136,26 @@ class _Section:
 
 # --------------------------------------------------------------------------- sections
 def _evaluation_section(result: Evaluation, run: Run) -> _Section:
-    values = result.to_dict()
-    given = " given the class y" if is_conditional(run.model) else ""
+    conditional = is_conditional(run.model)
     rows = [
-        (
-            f"log-likelihood log p(x{'|y' if given else ''})",
-            f"{values['log_likelihood']:.3f} ± {values['log_likelihood_se']:.3f} nats "
-            f"(k = {values['importance_samples']}; ± one Monte Carlo standard error)",
-        ),
-        (f"IWAE bound L_{values['iwae_samples']}", f"{values['iwae_bound']:.3f} nats"),
-        ("ELBO (estimator B)", f"{values['elbo']:.3f} nats"),
-        ("ELBO (estimator A)", f"{values['elbo_a']:.3f} nats"),
-        ("reconstruction E_q log p(x|z)", f"{values['reconstruction']:.3f} nats"),
-        (f"KL(q(z|x) ‖ p(z)) ({values['kl_estimator']})", f"{values['kl']:.3f} nats"),
-        ("bits per dimension", f"{values['bits_per_dim']:.4f}"),
-        ("active units", _active_units(values)),
-        ("examples", f"the first {values['num_examples']} test rows"),
-        ("seconds", f"{values['seconds']:.1f}"),
+        # a conditional model's densities are of x given its class
+        (name.replace("p(x)", "p(x|y)") if conditional else name, value)
+        for name, value in result.rows()
     ]
-    diagnostics = getattr(result, "importance_diagnostics", None)
-    if diagnostics is not None:
-        rows[1:1] = _diagnostics_rows(diagnostics.to_dict())
+    rows += [
+        ("examples", f"the first {result.num_examples} test rows"),
+        ("seconds", f"{result.seconds:.1f}"),
+    ]
+    given = " given the class y" if conditional else ""
     body = _table(rows) + (
         f"<p class='note'>Densities of the data as loaded{given} (the run's transforms "
         "included), per example.</p>"
     )
-    if diagnostics is not None and not diagnostics.reliable:
-        body += (
-            f"<p class='warning'>{diagnostics.pareto_k_share_above:.1%} of the examples have a "
-            f"Pareto k̂ above {diagnostics.pareto_k_threshold:g}: their importance weights are "
-            "too heavy-tailed for the log-likelihood estimate to be trusted (it can be far too "
-            "low, beyond its ± error). More importance samples or a posterior closer to the "
-            "true one (--posterior full, iaf or planar) help.</p>"
-        )
+    diagnostics = result.importance_diagnostics
+    warning = None if diagnostics is None else diagnostics.warning()
+    if warning:
+        body += f"<p class='warning'>{html.escape(warning)}.</p>"
     return _Section("evaluation", "Evaluation on the test split", body)
-
-
-def _diagnostics_rows(values: dict[str, Any]) -> list[tuple[str, str]]:
-    """The effective sample sizes and Pareto k̂ of the importance weights behind log p(x)
-    (:class:`aevb.evaluation.ImportanceDiagnostics`, as a dict: k̂ = −inf is ``None``)."""
-
-    def shape(k_hat: float | None) -> str:
-        return "−inf" if k_hat is None else f"{k_hat:.2f}"
-
-    return [
-        (
-            "effective sample size",
-            f"median {values['ess_median']:.1f} ({values['ess_median_fraction']:.1%} of k), "
-            f"min {values['ess_min']:.1f}",
-        ),
-        (
-            "PSIS Pareto k̂ of the weights",
-            f"median {shape(values['pareto_k_median'])}, worst "
-            f"{shape(values['pareto_k_max'])}; {values['pareto_k_share_above']:.1%} of the "
-            f"examples above {values['pareto_k_threshold']:g}",
-        ),
-    ]
-
-
-def _active_units(values: dict[str, Any]) -> str:
-    shown = f"{values['active_units']} of {values['latent_dim']}"
-    if values.get("active_units_per_layer"):
-        shown += f" (by layer: {', '.join(map(str, values['active_units_per_layer']))})"
-    return shown
 
 
 def _shown(value: Any) -> str:
@@ -251,7 +207,7 @@ def _samples_section(run: Run, seed: int) -> _Section:
     if columns:
         caption += f"; a column per class (0 to {columns - 1})"
     if run.is_image:
-        body = _image_html(png_bytes(samples, columns, min_pixels=480), "samples")
+        body = _image_html(grid_png(samples, columns, min_pixels=480), "samples")
     else:
         figure = _rows_figure([(f"sample {i + 1}", row, "-") for i, row in enumerate(samples)])
         body = _figure_html(figure, "samples")
@@ -265,7 +221,7 @@ def _reconstructions_section(run: Run, x: Tensor, labels: Tensor | None) -> _Sec
     rebuilt = run.reconstruct(rows, None if labels is None else labels[:count]).cpu()
     caption = "Decoder means at the posterior means of the first test rows"
     if run.is_image:
-        body = _image_html(png_bytes(interleaved(shown, rebuilt, 8), 8, 480), "reconstructions")
+        body = _image_html(grid_png(interleaved(shown, rebuilt, 8), 8, 480), "reconstructions")
         caption += "; each row of test images (as the model saw them) above its reconstructions"
     else:
         figure = Figure(figsize=(9, 5.2))
@@ -338,7 +294,7 @@ def _image_manifold(
             f"variance), ±{span:.2f} standard deviations of the means along each, centred at "
             "their mean; the first direction runs left to right, the second bottom to top."
         )
-    png = png_bytes(decode(run, z), GRID_SIZE, min_pixels=800)
+    png = grid_png(decode(run, z), GRID_SIZE, min_pixels=800)
     return _image_html(png, "learned manifold"), caption
 
 
