@@ -41,6 +41,32 @@ def test_a_cuda_run_resumes_to_the_uninterrupted_parameters(
         torch.testing.assert_close(split[name], value, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "cuda-graphs"])
+def test_tensorboard_logs_every_step_on_the_gpu(tmp_path, digits, quick_config, compile_step):
+    """Each step's loss is copied on the device before the next step overwrites it (CUDA
+    graphs reuse their output buffers): an epoch's losses, weighted by batch size, are its
+    −ELBO, and each step appears once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = dataclasses.replace(
+        quick_config, epochs=2, device="cuda", compile=compile_step, tensorboard=True
+    )
+    train(config, tmp_path / "run", dataset=digits, progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), {"scalars": 0})
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").open()]
+    steps = records[0]["step"]
+    assert [e.step for e in losses] == list(range(1, 2 * steps + 1))
+    sizes = [quick_config.batch_size] * (steps - 1)
+    sizes.append(digits.num_train - sum(sizes))
+    for epoch, record in enumerate(records):
+        values = [e.value for e in losses[epoch * steps : (epoch + 1) * steps]]
+        weighted = float(np.dot(values, sizes)) / digits.num_train
+        assert weighted == pytest.approx(-record["train_elbo"], rel=1e-4)
+
+
 def test_a_cpu_checkpoint_resumes_on_the_gpu(tmp_path, digits, quick_config):
     config = dataclasses.replace(quick_config, epochs=2, device="cpu")
     with pytest.raises(Crash):
