@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from aevb.runs import train
 from aevb.train import Callback
 
 
@@ -24,3 +27,10 @@ class CrashAfter(Callback):
     def on_step_end(self, trainer) -> None:
         if trainer.state.step == self.steps:
             raise Crash
+
+
+def train_until_crash(config, run_dir, crash: CrashAfter, *callbacks: Callback, **options) -> None:
+    """Start a run (:func:`aevb.runs.train`, without progress bars) that ``crash`` kills;
+    ``callbacks`` run before it, ``options`` (``dataset``, ``model``) go to ``train``."""
+    with pytest.raises(Crash):
+        train(config, run_dir, progress=False, callbacks=[*callbacks, crash], **options)

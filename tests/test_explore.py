@@ -49,16 +49,21 @@ def run(run_dir):
     return load_run(run_dir)
 
 
-@pytest.fixture(scope="module")
-def server(run):
-    """The explorer's server on 127.0.0.1 and a free port, serving from a thread."""
-    server = make_server(Explorer(run, num_examples=200))
+def serving(explorer: Explorer):
+    """The explorer's server on 127.0.0.1 and a free port, serving from a thread until the
+    fixture that yields from this ends."""
+    server = make_server(explorer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    yield from serving(Explorer(run, num_examples=200))
 
 
 def request(server, method: str, path: str, body: bytes | None = None, headers=None):
@@ -382,13 +387,7 @@ def table_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def table_server(table_run):
-    server = make_server(Explorer(table_run, num_examples=30))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    yield from serving(Explorer(table_run, num_examples=30))
 
 
 def test_table_run_decodes_rows_and_encodes_csv(table_server, table_run):

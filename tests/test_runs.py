@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from crashes import Crash, CrashAfter
+from crashes import CrashAfter, train_until_crash
 from torch import nn
 
 from aevb import heads, priors
@@ -87,24 +87,12 @@ def test_same_seed_same_bits_other_seed_differs(tmp_path, digits, quick_config):
     )
 
 
-def _train_and_crash_after(config, run_dir, dataset, epochs_done: int, **kwargs) -> None:
-    with pytest.raises(Crash):
-        train(
-            config,
-            run_dir,
-            dataset=dataset,
-            progress=False,
-            callbacks=[CrashAfter(epochs_done)],
-            **kwargs,
-        )
-
-
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, digits, quick_config, optimizer):
     config = dataclasses.replace(quick_config, epochs=4, optimizer=optimizer, lr=1e-2)
     whole = train(config, tmp_path / "whole", dataset=digits, progress=False)
 
-    _train_and_crash_after(config, tmp_path / "split", digits, epochs_done=2)
+    train_until_crash(config, tmp_path / "split", CrashAfter(epochs=2), dataset=digits)
     torch.manual_seed(1234)  # the resumed run must not depend on the global random state
     resumed = resume(tmp_path / "split", dataset=digits, progress=False)
     _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
@@ -124,14 +112,7 @@ def test_mid_epoch_checkpoints_resume_exactly(tmp_path, digits, quick_config):
     config = dataclasses.replace(quick_config, epochs=3, checkpoint_every=5)
     train(config, tmp_path / "whole", dataset=digits, progress=False)
     # A kill just after the step-25 checkpoint (epoch 2, step 4 of 21).
-    with pytest.raises(Crash):
-        train(
-            config,
-            tmp_path / "split",
-            dataset=digits,
-            progress=False,
-            callbacks=[CrashAfter(steps=25)],
-        )
+    train_until_crash(config, tmp_path / "split", CrashAfter(steps=25), dataset=digits)
     _, metadata = checkpoints.load_checkpoint(tmp_path / "split" / LAST)
     assert metadata["state"]["step"] == 25 and metadata["state"]["step_in_epoch"] == 4
     resume(tmp_path / "split", dataset=digits, progress=False)
@@ -294,7 +275,7 @@ def test_other_objectives_and_posteriors_train_and_resume_exactly(
     summary = train(config, tmp_path / "whole", dataset=digits, progress=False)
     assert np.isfinite(summary["test_elbo"]) and 0 <= summary["test_active_units"] <= 4
 
-    _train_and_crash_after(config, tmp_path / "split", digits, epochs_done=1)
+    train_until_crash(config, tmp_path / "split", CrashAfter(epochs=1), dataset=digits)
     resume(tmp_path / "split", dataset=digits, progress=False)
     _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
 
@@ -484,7 +465,7 @@ def test_a_custom_model_is_saved_as_a_factory_and_resumes_exactly(tmp_path, digi
     config = TrainConfig(epochs=3, batch_size=64, device="cpu")
     spec = ModelSpec.of(tiny_conv, latent_dim=3)
     train(config, tmp_path / "whole", model=spec, dataset=digits, progress=False)
-    _train_and_crash_after(config, tmp_path / "split", digits, epochs_done=1, model=spec)
+    train_until_crash(config, tmp_path / "split", CrashAfter(epochs=1), dataset=digits, model=spec)
     resume(tmp_path / "split", dataset=digits, progress=False)
     _assert_identical(_parameters(tmp_path / "whole"), _parameters(tmp_path / "split"))
     record = read_run(tmp_path / "whole")

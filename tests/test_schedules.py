@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from crashes import Crash, CrashAfter
+from crashes import CrashAfter, train_until_crash
 
 from aevb.cli import main
 from aevb.errors import ConfigError
@@ -116,14 +116,7 @@ def test_a_schedule_resumes_exactly_mid_epoch(tmp_path, digits, quick_config, se
     whole = LearningRates()
     train(config, tmp_path / "whole", dataset=digits, progress=False, callbacks=[whole])
     before = LearningRates()
-    with pytest.raises(Crash):
-        train(
-            config,
-            tmp_path / "split",
-            dataset=digits,
-            progress=False,
-            callbacks=[before, CrashAfter(steps=95)],
-        )
+    train_until_crash(config, tmp_path / "split", CrashAfter(steps=95), before, dataset=digits)
     after = LearningRates()
     resume(tmp_path / "split", dataset=digits, progress=False, callbacks=[after])
     assert before.rates[:88] + after.rates == whole.rates

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from crashes import Crash, CrashAfter
+from crashes import CrashAfter, train_until_crash
 from PIL import Image
 
 from aevb.data import load_dataset
@@ -107,14 +107,7 @@ def test_a_resumed_run_continues_the_curves_without_duplicate_steps(tmp_path, di
     equal to an uninterrupted run's (CPU resumption is exact)."""
     config = dataclasses.replace(quick_config, checkpoint_every=10, tensorboard=True)
     train(config, tmp_path / "whole", dataset=digits, progress=False)
-    with pytest.raises(Crash):
-        train(
-            config,
-            tmp_path / "split",
-            dataset=digits,
-            progress=False,
-            callbacks=[CrashAfter(steps=25)],
-        )
+    train_until_crash(config, tmp_path / "split", CrashAfter(steps=25), dataset=digits)
     assert scalar_steps(events_of(tmp_path / "split"), "train/loss") == list(range(1, 26))
     resume(tmp_path / "split", dataset=digits, progress=False)
 
@@ -144,8 +137,7 @@ def test_a_three_epoch_mnist_run_logs_everything_and_resumes_at_the_right_step(t
         device="cpu",
     )
     run_dir = tmp_path / "mnist"
-    with pytest.raises(Crash):
-        train(config, run_dir, progress=False, callbacks=[CrashAfter(steps=700)])
+    train_until_crash(config, run_dir, CrashAfter(steps=700))
     assert scalar_steps(events_of(run_dir), "train/loss")[-1] == 700
     resume(run_dir, progress=False)
     events, records = events_of(run_dir), metrics_of(run_dir)

@@ -957,8 +957,14 @@ def posterior_mean_spread(
     return spread
 
 
+# Var_x(E_q[z_j]) above which a latent unit counts as active (Burda et al. 2015).
+ACTIVITY_THRESHOLD = 0.01
+
+
 def count_active_units(
-    posterior_means: Tensor, threshold: float = 0.01, mean_error_variance: Tensor | None = None
+    posterior_means: Tensor,
+    threshold: float = ACTIVITY_THRESHOLD,
+    mean_error_variance: Tensor | None = None,
 ) -> int:
     """Latent units whose posterior mean varies over the data: Var_x(E_q[z_j]) > threshold,
     the criterion of Burda et al. (2015), with :func:`posterior_mean_spread` of the posterior

@@ -27,9 +27,14 @@ from aevb.storage import atomic_write_bytes
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> None:
     """Write ``figure`` as a PNG to ``path``, atomically."""
+    atomic_write_bytes(path, figure_png(figure, dpi))
+
+
+def figure_png(figure: Figure, dpi: int = 100) -> bytes:
+    """``figure`` rendered as PNG bytes, in memory."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:

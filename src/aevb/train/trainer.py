@@ -290,11 +290,9 @@ class Trainer:
             self.step_loss = loss
         else:
             x, labels, scale = self._local_part(x, labels)
-            loss, batch_sums = self.training_step(
+            loss, batch_sums, self.step_loss = self.training_step(
                 self.objective, x, beta, self.precision, labels, scale
             )
-            # This process's loss per example, unweighted (0 for a process without rows).
-            self.step_loss = loss.detach() / scale.clamp(min=1e-30)
         # On the device: nonfinite = 1.0 if the loss or any gradient is NaN or ±inf. The
         # multi-tensor check is the one GradScaler uses (0.09 ms for the MNIST model on two
         # cores; grads are multiplied by 1).
@@ -691,8 +689,9 @@ class Trainer:
 class _LossOfModel(nn.Module):
     """The training step's differentiable part as one module, for DistributedDataParallel
     (whose forward must run for its gradient averaging to follow): the loss times a
-    process's ``scale`` (see :meth:`Trainer._local_part`), and the batch's metric sums (zero
-    where the scale is 0)."""
+    process's ``scale`` (see :meth:`Trainer._local_part`), the batch's metric sums (zero
+    where the scale is 0), and the loss unweighted (this process's rows' loss per example, for
+    callbacks)."""
 
     def __init__(self, model: VAE):
         super().__init__()
@@ -706,6 +705,6 @@ class _LossOfModel(nn.Module):
         precision: str,
         labels: Tensor | None,
         scale: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         loss, sums = training_loss(self.model, objective, x, beta, precision, labels)
-        return loss * scale, sums * (scale > 0)
+        return loss * scale, sums * (scale > 0), loss.detach()

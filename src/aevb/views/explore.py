@@ -52,6 +52,7 @@ from aevb.errors import AevbError
 from aevb.plots import grid_png
 from aevb.runs import Run, load_run
 from aevb.views.latent_space import (
+    GRID_QUANTILES,
     data_uri,
     decode,
     encode_rows,
@@ -76,7 +77,6 @@ MAX_UPLOAD = 8 << 20
 MAX_UPLOAD_PIXELS = 4096 * 4096
 # Prior quantiles spanned by the sliders, and by the grid.
 SLIDER_QUANTILES = (0.0015, 0.5, 0.9985)
-GRID_QUANTILES = (0.05, 0.95)
 # Seconds a connection may stall while a request is read.
 REQUEST_TIMEOUT = 30
 # Requests answered at once (each may hold an upload and its decoded image), and the seconds

@@ -22,6 +22,7 @@ from aevb.evaluation import fixed_randomness, posterior_mean_spread
 from aevb.runs import Run
 
 __all__ = [
+    "GRID_QUANTILES",
     "Codes",
     "PrincipalPlane",
     "data_uri",
@@ -34,6 +35,8 @@ __all__ = [
 
 # Rows encoded at a time.
 ENCODE_BATCH = 1000
+# Prior quantiles a decoded grid spans per axis (the paper's Fig. 4: 0.05 to 0.95).
+GRID_QUANTILES = (0.05, 0.95)
 # Prior draws behind the quantiles of a prior without a closed-form inverse CDF.
 QUANTILE_DRAWS = 20_000
 

@@ -10,7 +10,6 @@ file opens anywhere, offline, and can be mailed or archived alone.
 from __future__ import annotations
 
 import html
-import io
 import json
 import sys
 import time
@@ -26,12 +25,13 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from aevb.conditional import is_conditional
-from aevb.evaluation import Evaluation, fixed_randomness
-from aevb.plots import grid_png, interleaved
+from aevb.evaluation import ACTIVITY_THRESHOLD, Evaluation, fixed_randomness
+from aevb.plots import figure_png, grid_png, interleaved
 from aevb.runs import Run, load_run
 from aevb.runs.run import METRICS_FILE, SUMMARY_FILE
 from aevb.storage import atomic_write_text, check_output_file, make_folder
 from aevb.views.latent_space import (
+    GRID_QUANTILES,
     Codes,
     PrincipalPlane,
     data_uri,
@@ -46,8 +46,6 @@ __all__ = ["REPORT_FILE", "Report", "write_report"]
 REPORT_FILE = "report.html"
 # Decoded latents per side of the manifold grid (the paper's Fig. 4 has 20).
 GRID_SIZE = 20
-# Prior quantiles the grid spans, per axis.
-GRID_QUANTILES = (0.05, 0.95)
 # Images in the samples grid, and test rows reconstructed.
 NUM_SAMPLES = 64
 NUM_RECONSTRUCTIONS = 16
@@ -56,8 +54,6 @@ TABLE_SAMPLES = 8
 TABLE_RECONSTRUCTIONS = 4
 # Latents decoded along each principal direction for a table run.
 TRAVERSAL_STEPS = 7
-# Var_x(E_q[z_j]) above which a unit counts as active (Burda et al. 2015).
-ACTIVITY_THRESHOLD = 0.01
 # Of metrics.jsonl: the per-epoch curves drawn, and their axis labels.
 CURVES = {
     "elbo": "ELBO",
@@ -521,9 +517,8 @@ def _rows_figure(rows: Sequence[tuple[str, Tensor, str]]) -> Figure:
 
 
 def _figure_html(figure: Figure, alt: str) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return f"<img class='figure' alt='{html.escape(alt)}' src='{data_uri(buffer.getvalue())}'>"
+    png = figure_png(figure, dpi=110)
+    return f"<img class='figure' alt='{html.escape(alt)}' src='{data_uri(png)}'>"
 
 
 def _image_html(png: bytes, alt: str) -> str:
