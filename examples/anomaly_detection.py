@@ -31,7 +31,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import train_test_split
 
-from aevb.sklearn import VAE
+from aevb.sklearn import VAEEstimator
 
 ANOMALY_DIGIT = 9
 LATENT_DIM = 8
@@ -58,7 +58,7 @@ def anomaly_scores(
     X_train: np.ndarray, X_test: np.ndarray, seed: int, latent_dim: int, epochs: int, samples: int
 ) -> dict[str, np.ndarray]:
     """The three methods' anomaly scores of the test rows (higher = more anomalous)."""
-    vae = VAE(
+    vae = VAEEstimator(
         latent_dim=latent_dim,
         likelihood="gaussian-learned",
         epochs=epochs,

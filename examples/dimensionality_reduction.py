@@ -30,7 +30,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 
-from aevb.sklearn import VAE
+from aevb.sklearn import VAEEstimator
 
 LATENT_DIMS = (2, 5, 10)
 EPOCHS = 300  # an upper bound: early stopping ends training after ~70-80 epochs
@@ -54,7 +54,7 @@ def evaluate(
     """Fit PCA(k) and VAE(k); return the metrics and the test codes of both."""
     pca = PCA(n_components=k, random_state=seed).fit(X_train)
     pca_codes = pca.transform(X_test)
-    vae = VAE(
+    vae = VAEEstimator(
         latent_dim=k,
         likelihood="gaussian-learned",
         epochs=epochs,

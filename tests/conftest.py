@@ -33,6 +33,12 @@ def shared_data_dir() -> Path | None:
 
 
 @pytest.fixture(scope="session")
+def optional_data_dir() -> Path | None:
+    """The real datasets' folder, or None where there is none (the test decides what to skip)."""
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     found = shared_data_dir()
     if found is None:

@@ -276,9 +276,9 @@ def test_conditional_samples_follow_the_label():
     ("settings", "message"),
     [
         ({"labels": 100, "conditional": True}, "exclude each other"),
-        ({"objective": "m2"}, "give --labels"),
+        ({"objective": "m2"}, "give labels"),
         ({"labels": 100, "objective": "iwae"}, "does not take the iwae objective"),
-        ({"conditional": True, "architecture": "conv"}, "mlp only"),
+        ({"conditional": True, "architecture": "conv"}, "architecture='mlp' only"),
         ({"conditional": True, "prior": "vamp"}, "vamp"),
         ({"labels": 100, "top_latent_dim": 5}, "one stochastic layer"),
         ({"alpha": 0.5}, "does not apply to the sgvb-b objective"),
@@ -319,7 +319,7 @@ def test_cli_conditional_run(tmp_path, capsys):
     assert values["log_likelihood"] > values["elbo"]
     code, _, _ = _cli(capsys, "reconstruct", run, "--num", "4", "--out", tmp_path / "r.png")
     assert code == 0
-    code, _, err = _cli(capsys, "sample", run, "--label", "10", "--out", out)
+    code, _, err = _cli(capsys, "sample", run, "--label", "10", "--out", tmp_path / "ten.png")
     assert code == EXIT_USER_ERROR and "label must be a class in 0…9" in err
     table = tmp_path / "rows.npy"
     np.save(table, np.random.default_rng(0).random((30, 64)).astype(np.float32))
@@ -350,10 +350,10 @@ def test_cli_semi_supervised_run_resumes_exactly(tmp_path, capsys):
 
 
 def test_estimator_takes_labels(digits):
-    from aevb.sklearn import VAE
+    from aevb.sklearn import VAEEstimator
 
     x, y = digits.train[:400].reshape(400, -1), digits.train_labels[:400]
-    estimator = VAE(
+    estimator = VAEEstimator(
         latent_dim=2,
         hidden=(32,),
         likelihood="bernoulli",
@@ -370,7 +370,7 @@ def test_estimator_takes_labels(digits):
     with pytest.raises(ValueError, match="pass the labels"):
         estimator.transform(binary[:5])
     with pytest.raises(ValueError, match="fitted with labels"):
-        VAE(conditional=True, epochs=1).fit(binary)
+        VAEEstimator(conditional=True, epochs=1).fit(binary)
     draws = estimator.sample(4, random_state=0, y=2, mean=True)
     assert draws.shape == (4, 64)
 

@@ -131,11 +131,11 @@ def test_the_objective_and_evaluation_keep_float32_under_bf16_on_the_gpu():
 
 
 def test_the_estimator_on_the_gpu():
-    from aevb.sklearn import VAE
+    from aevb.sklearn import VAEEstimator
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 3
-    model = VAE(epochs=10, hidden=(16,), device="cuda", random_state=0).fit(X)
+    model = VAEEstimator(epochs=10, hidden=(16,), device="cuda", random_state=0).fit(X)
     assert next(model.model_.parameters()).device.type == "cuda"
     assert model.transform(X).shape == (300, 2)
     assert np.isfinite(model.score_samples(X)).all()

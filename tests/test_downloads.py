@@ -340,3 +340,17 @@ def test_oversized_local_file_is_refused_unread(tmp_path: Path):
     message, _, peak = refuse_measured(lambda: load_dataset("frey", tmp_path / "data"))
     assert "1100585 bytes, larger than the published file (1100584 bytes)" in message
     assert peak < 1 * MIB  # refused from its size, before reading it
+
+
+def test_a_download_into_a_log_reports_in_plain_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """With stderr not a terminal (a log), the download's progress is plain lines, no redraws."""
+    payload = bytes(range(256)) * 4
+    publish(monkeypatch, LABELS, payload)
+    first = data._MIRRORS["mnist"][0] + LABELS[1]
+    serve(monkeypatch, {first: Stream(payload)})
+    files = data.DatasetFiles("mnist", None, tmp_path / "cache", download=True, progress=True)
+    assert files.read(*LABELS)[1] == payload
+    report = capsys.readouterr().err
+    assert "\r" not in report and f"{LABELS[1]}: 1.02k/1.02k B (100%)" in report

@@ -139,7 +139,7 @@ def test_data_that_are_not_8_bit_are_refused():
     model = mlp((4,), latent_dim=2, hidden=(8,), likelihood="categorical")
     with pytest.raises(DataError, match="8-bit levels"):
         evaluate(model, torch.full((3, 4), 0.5), importance_samples=2)
-    with pytest.raises(ConfigError, match="likelihood-components"):
+    with pytest.raises(ConfigError, match="likelihood_components"):
         TrainConfig(dataset="mnist", likelihood="categorical", likelihood_components=3).check()
 
 

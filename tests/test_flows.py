@@ -164,8 +164,8 @@ def test_importance_sampled_log_likelihood_is_above_the_elbo(digits, kind):
         ({"posterior": "iaf", "prior": "vamp"}, "VampPrior"),
         ({"posterior": "planar", "objective": "autoencoder"}, "autoencoder"),
         ({"posterior": "iaf", "free_bits": 0.1}, "free bits need a diagonal"),
-        ({"flow_steps": 3}, "--flow-steps"),
-        ({"posterior": "planar", "flow_hidden": 8}, "--flow-hidden applies"),
+        ({"flow_steps": 3}, "flow_steps and flow_hidden apply"),
+        ({"posterior": "planar", "flow_hidden": 8}, "flow_hidden applies"),
     ],
 )
 def test_settings_that_do_not_fit_a_flow_are_refused(settings, message):
@@ -202,7 +202,7 @@ def test_a_flow_run_through_the_api_matches_its_settings(quick_config, tmp_path)
 def test_a_flow_posteriors_mean_is_repeatable_and_leaves_the_random_stream_alone():
     """Embeddings (``transform``) of a flow posterior are its Monte Carlo mean from draws with
     their own seeded generator: the same on every call, and the global stream untouched."""
-    from aevb.sklearn import VAE as Estimator
+    from aevb.sklearn import VAEEstimator as Estimator
 
     X = np.random.default_rng(0).normal(size=(200, 5))
     estimator = Estimator(posterior="planar", epochs=2, random_state=0).fit(X)

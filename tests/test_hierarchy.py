@@ -129,7 +129,7 @@ def test_iwae_trains_both_layers_and_evaluation_counts_units_per_layer(digits):
         ({"top_latent_dim": 2, "prior": "mixture"}, "own prior"),
         ({"top_latent_dim": 2, "free_bits": 0.1}, "free bits"),
         ({"top_latent_dim": 2, "objective": "wake-sleep"}, "second layer"),
-        ({"top_hidden": (8,)}, "--top-hidden applies"),
+        ({"top_hidden": (8,)}, "top_hidden applies"),
     ],
 )
 def test_settings_that_do_not_fit_two_layers_are_refused(settings, message):
@@ -240,7 +240,7 @@ def test_the_ladder_shares_the_priors_network_and_trains_from_the_cli(tmp_path, 
     model = mlp((4,), latent_dim=3, hidden=(8,), top_latent_dim=2, top_hidden=(5,), ladder=True)
     names = [name for name, _ in model.named_parameters()]
     assert sum("downward" in name for name in names) == 4  # once: the prior's (two layers)
-    with pytest.raises(ConfigError, match="give --top-latent-dim"):
+    with pytest.raises(ConfigError, match="give top_latent_dim"):
         TrainConfig(ladder=True)
     run = tmp_path / "ladder"
     args = ["train", "--top-latent-dim", "2", "--ladder", "--epochs", "2", "--out", str(run)]

@@ -70,6 +70,7 @@ def test_digits_run_improves_elbo_and_writes_run_folder(tmp_path, digits):
     assert run["data"]["event_shape"] == [1, 8, 8]
     assert run["data"]["transforms"] == [{"kind": "binarize", "mode": "dynamic"}]
     assert run["model"]["factory"] == "aevb.builders:mlp" and run["format"] == 3
+    assert load_run(tmp_path / "run").history == history  # the curves, from Python
 
 
 def test_same_seed_same_bits_other_seed_differs(tmp_path, digits, quick_config):
@@ -281,7 +282,7 @@ def test_other_objectives_and_posteriors_train_and_resume_exactly(
 
 
 def test_free_bits_with_iwae_is_refused(tmp_path, digits, quick_config):
-    with pytest.raises(ConfigError, match="--free-bits does not apply to the iwae objective"):
+    with pytest.raises(ConfigError, match="free_bits does not apply to the iwae objective"):
         train(
             dataclasses.replace(quick_config, objective="iwae", free_bits=0.5),
             tmp_path / "r",
@@ -315,12 +316,12 @@ def test_dynamic_binarization_is_bernoulli_of_the_grey_values(zero_fraction):
     [
         ({"posterior": "full", "free_bits": 0.5}, "free bits need a diagonal posterior"),
         ({"prior": "vamp", "free_bits": 0.5}, "free bits need a factorised prior"),
-        ({"objective": "autoencoder", "beta": 0.5}, "--beta does not apply to the autoencoder"),
-        ({"objective": "autoencoder", "warmup_steps": 100}, "--warmup-steps does not apply"),
-        ({"objective": "sgvb-b", "baseline": "mean"}, "--baseline does not apply"),
-        ({"prior_components": 5}, "--prior-components applies to the mixture and vamp"),
-        ({"channels": (8, 16)}, "--channels applies to --architecture conv only"),
-        ({"likelihood": "bernoulli", "likelihood_std": 0.5}, "--likelihood-std applies"),
+        ({"objective": "autoencoder", "beta": 0.5}, "beta does not apply to the autoencoder"),
+        ({"objective": "autoencoder", "warmup_steps": 100}, "warmup_steps does not apply"),
+        ({"objective": "sgvb-b", "baseline": "mean"}, "baseline does not apply"),
+        ({"prior_components": 5}, "prior_components applies to the mixture and vamp"),
+        ({"channels": (8, 16)}, "channels applies to architecture='conv' only"),
+        ({"likelihood": "bernoulli", "likelihood_std": 0.5}, "likelihood_std applies"),
         ({"objective": "wake-sleep", "prior": "mixture"}, "no term that trains a mixture"),
     ],
 )
@@ -336,7 +337,7 @@ def test_data_dependent_refusals_also_come_before_the_run_folder(tmp_path, quick
     """A conv net for a table, or standardised data for a Bernoulli likelihood, are found when
     the data are read — still before anything is written, so the corrected command runs."""
     table = _grey(low=-2.0, high=3.0)
-    with pytest.raises(ConfigError, match="--architecture conv needs images"):
+    with pytest.raises(ConfigError, match="architecture='conv' needs images"):
         train(TrainConfig(architecture="conv", epochs=1), tmp_path / "a", dataset=table)
     with pytest.raises(ConfigError, match="standardised values"):
         train(
@@ -472,7 +473,7 @@ def test_a_custom_model_is_saved_as_a_factory_and_resumes_exactly(tmp_path, digi
     assert record.spec == spec and record.custom_model
     assert record.transforms.describe() == "binarize dynamic"  # read from the Bernoulli head
     assert load_run(tmp_path / "whole").sample(4).shape == (4, 1, 8, 8)
-    with pytest.raises(ConfigError, match="--latent-dim describe the built-in architectures"):
+    with pytest.raises(ConfigError, match="latent_dim describe the built-in architectures"):
         train(dataclasses.replace(config, latent_dim=5), tmp_path / "x", model=spec, dataset=digits)
 
 

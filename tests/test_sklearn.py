@@ -1,4 +1,4 @@
-"""The scikit-learn estimator ``aevb.sklearn.VAE``: scikit-learn's own checks, its
+"""The scikit-learn estimator ``aevb.sklearn.VAEEstimator``: scikit-learn's own checks, its
 conventions (Pipeline, GridSearchCV, pickle, partial_fit, DataFrames), and exact facts about
 its standardisation."""
 
@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import check_estimator
 
-from aevb.sklearn import VAE
+from aevb.sklearn import VAEEstimator
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,14 +28,14 @@ def factor_data(n: int = 400, seed: int = 0) -> np.ndarray:
     return z @ rng.normal(size=(2, 6)) * 3 + 0.5 * rng.normal(size=(n, 6)) + 10
 
 
-def quick(**settings) -> VAE:
-    return VAE(**{"epochs": 20, "hidden": (16,), "random_state": 0, **settings})
+def quick(**settings) -> VAEEstimator:
+    return VAEEstimator(**{"epochs": 20, "hidden": (16,), "random_state": 0, **settings})
 
 
 def test_passes_scikit_learns_estimator_checks():
     """Every applicable check of ``check_estimator`` passes (array-API input is skipped by
     scikit-learn itself unless SCIPY_ARRAY_API is set)."""
-    estimator = VAE(epochs=3, hidden=(8,), importance_samples=50, batch_size=32)
+    estimator = VAEEstimator(epochs=3, hidden=(8,), importance_samples=50, batch_size=32)
     results = check_estimator(estimator, on_skip=None)  # raises on the first failure
     skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
     assert skipped <= {"check_array_api_input"} and len(results) > 40
@@ -85,7 +85,7 @@ def test_log_likelihood_reaches_the_true_model_class():
     the data came from (measured: VAE −9.94, pPCA −9.62, independent −16.98 nats)."""
     data = factor_data(1200, 0)
     X, X_test = data[:1000], data[1000:]
-    model = VAE(epochs=60, hidden=(32,), random_state=0).fit(X)
+    model = VAEEstimator(epochs=60, hidden=(32,), random_state=0).fit(X)
     ppca = PCA(2).fit(X).score(X_test)
     independent = -0.5 * (np.log(2 * np.pi * X.var(0)) + (X_test - X.mean(0)) ** 2 / X.var(0))
     vae = model.score(X_test)
@@ -129,7 +129,7 @@ def test_dataframes_and_bad_input():
     with pytest.raises(ValueError, match="missing:\n- f5"):
         model.transform(frame.iloc[:, :5])
     array_model = quick(epochs=2).fit(X)
-    with pytest.raises(ValueError, match="5 features, but VAE is expecting 6"):
+    with pytest.raises(ValueError, match="5 features, but VAEEstimator is expecting 6"):
         array_model.transform(X[:, :5])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         quick(epochs=2, likelihood="bernoulli").fit(X)
@@ -196,3 +196,18 @@ def test_standardisation_is_fitted_on_the_training_rows_only():
     streamed = quick().partial_fit(X[:100])
     streamed.partial_fit(X[100:200])
     assert len(streamed.history_) == 2 and "train_elbo" in streamed.history_[0]
+
+
+def test_the_old_name_still_works_with_a_warning():
+    """``aevb.sklearn.VAE`` (the name before it clashed with ``aevb.VAE``, the torch module)
+    is the estimator still, with a FutureWarning, so old code and old pickles load."""
+    import pickle
+
+    import aevb.sklearn
+
+    with pytest.warns(FutureWarning, match="VAEEstimator"):
+        old = aevb.sklearn.VAE
+    assert old is VAEEstimator and aevb.VAE is not VAEEstimator
+    # An old pickle names the class ``aevb.sklearn.VAE`` (the GLOBAL opcode, as pickle writes it).
+    with pytest.warns(FutureWarning):
+        assert pickle.loads(b"caevb.sklearn\nVAE\n.") is VAEEstimator

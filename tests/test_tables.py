@@ -117,7 +117,8 @@ def test_score_binarizes_like_the_run_for_a_bernoulli_model(tmp_path, capsys):
         log_likelihood_per_example(model, x, K, 0)
 
     write(pd.DataFrame(grey * 3, columns=[f"p{i}" for i in range(6)]), tmp_path / "big.csv")
-    err = error_of(["score", run_dir, "--data", tmp_path / "big.csv", "--out", out], capsys)
+    big = ["score", run_dir, "--data", tmp_path / "big.csv", "--out", tmp_path / "big-s.csv"]
+    err = error_of(big, capsys)
     assert "Bernoulli likelihood" in err and "[0, 1]" in err
 
 

@@ -2684,11 +2684,11 @@ def estimator_cases(b: Builder) -> None:
 
     def fit_with(X=None, **over):
         def call(ctx: Ctx):
-            from aevb.sklearn import VAE
+            from aevb.sklearn import VAEEstimator
 
             params = {**base, **over}
             x = data() if X is None else X()
-            est = VAE(**params).fit(x)
+            est = VAEEstimator(**params).fit(x)
             ctx.data = x
             return est
 
@@ -2854,10 +2854,10 @@ def estimator_cases(b: Builder) -> None:
 
     def after_fit(fn: Callable, over: dict | None = None):
         def call(ctx: Ctx):
-            from aevb.sklearn import VAE
+            from aevb.sklearn import VAEEstimator
 
             x = data()
-            est = VAE(**{**base, **(over or {})}).fit(x)
+            est = VAEEstimator(**{**base, **(over or {})}).fit(x)
             ctx.data = x
             return fn(est, x)
 
@@ -2934,9 +2934,9 @@ def estimator_cases(b: Builder) -> None:
 
     def unfitted(fn: Callable):
         def call(ctx: Ctx):
-            from aevb.sklearn import VAE
+            from aevb.sklearn import VAEEstimator
 
-            return fn(VAE(**base), data())
+            return fn(VAEEstimator(**base), data())
 
         return call
 

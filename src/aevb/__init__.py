@@ -19,6 +19,8 @@ The layers, from the maths up:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -110,6 +112,9 @@ sys.modules[__name__].__class__ = _Package
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
+        # Every submodule is reachable as an attribute too (``aevb.kl``), as after an import.
+        if not name.startswith("_") and importlib.util.find_spec(f"aevb.{name}") is not None:
+            return importlib.import_module(f"aevb.{name}")
         raise AttributeError(f"module 'aevb' has no attribute {name!r}")
     module = importlib.import_module(_EXPORTS[name])
     value = module if module.__name__ == f"aevb.{name}" else getattr(module, name)
@@ -121,7 +126,10 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__version__ = "0.2.0"
+try:  # one source for the version: pyproject.toml, as installed
+    __version__ = importlib.metadata.version("aevb")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "IWAE",

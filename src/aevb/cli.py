@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -17,11 +18,13 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aevb.errors import AevbError, TrainingInterrupted
+from aevb.hints import command_line, resume_hint
 from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.storage import (
     atomic_write_text,
@@ -40,7 +43,16 @@ EXIT_USER_ERROR = 2
 MAX_THREADS = 4096
 EXIT_INTERRUPTED = 130
 
-THREADS_HELP = "CPU threads for tensor operations (default: one per core)"
+THREADS_HELP = (
+    "CPU threads for tensor operations (default: one per core, fewer while other programs keep "
+    "the cores busy)"
+)
+DEVICE_HELP = "cpu, cuda or cuda:N"
+AUTO_DEVICE_HELP = "auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N"
+SEED_HELP = "seed of the random draws: the same seed gives the same result"
+SPLIT_HELP = "the run's data split to use"
+NO_PROGRESS_HELP = "no progress bar (on a terminal) or progress lines (in a log or a pipe)"
+OVERWRITE_HELP = "replace the --out file if it exists (without it, an existing file is kept)"
 # Flags of ``aevb train`` that are not settings of the run.
 RUN_FLAGS = ("command", "out", "resume", "no_progress", "threads")
 
@@ -120,22 +132,51 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _shown(value) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return " ".join(map(str, value))
     return str(value)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default as ``(default: X)``, unless the help names its
+    default in its own words or there is none to show (``None``, ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help or "", action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: {_shown(default).replace('%', '%%')})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` with :class:`_HelpFormatter`; its subcommands' parsers are of
+    this class too (``add_subparsers`` makes them of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from aevb import __version__
+
+    parser = _Parser(
         prog="aevb", description="Auto-Encoding Variational Bayes: train and use VAEs."
     )
+    parser.add_argument("--version", action="version", version=f"aevb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="fit a VAE by AEVB and write a run folder")
     add_setting_flags(train)
     run = train.add_argument_group("run folder")
     run.add_argument(
-        "--out", type=_path, help="run folder to create (default runs/<dataset>-<time>)"
+        "--out", type=_path, help="run folder to create (default: runs/<dataset>-<time>)"
     )
     run.add_argument(
         "--resume",
@@ -145,12 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile, --divergence-guard, --workers and --tensorboard may change)",
     )
     run.add_argument("--threads", type=_threads, help=THREADS_HELP)
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     sample = commands.add_parser("sample", help="draw images from a trained model")
     sample.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of samples")
-    sample.add_argument("--out", type=_path, default="samples.png", help="PNG file to write")
+    sample.add_argument(
+        "--out",
+        type=_path,
+        default="samples.png",
+        help="PNG file to write (default: samples.png in the current folder)",
+    )
+    sample.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     sample.add_argument(
         "--draw", action="store_true", help="draw x ~ p(x|z) instead of showing the decoder mean"
     )
@@ -159,55 +206,59 @@ def build_parser() -> argparse.ArgumentParser:
         type=_label,
         help="class to draw, for a conditional model (default: the classes in turn, a column each)",
     )
-    sample.add_argument("--seed", type=_seed, default=0)
-    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    sample.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     reconstruct = commands.add_parser("reconstruct", help="reconstruct held-out images")
     reconstruct.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     reconstruct.add_argument("--num", type=_positive_int, default=16, help="number of images")
-    reconstruct.add_argument("--split", choices=("test", "val", "train"), default="test")
     reconstruct.add_argument(
-        "--out", type=_path, default="reconstructions.png", help="PNG file to write"
+        "--split", choices=("test", "val", "train"), default="test", help=SPLIT_HELP
     )
-    reconstruct.add_argument("--device", default="cpu")
+    reconstruct.add_argument(
+        "--out",
+        type=_path,
+        default="reconstructions.png",
+        help="PNG file to write: rows of images, each above its reconstructions (default: "
+        "reconstructions.png in the current folder)",
+    )
+    reconstruct.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    reconstruct.add_argument("--device", default="cpu", help=DEVICE_HELP)
     evaluate = commands.add_parser(
         "evaluate", help="importance-sampled log-likelihood, IWAE bound, ELBO, active units"
     )
     evaluate.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
-    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
+    evaluate.add_argument(
+        "--split", choices=("test", "val", "train"), default="test", help=SPLIT_HELP
+    )
     evaluate.add_argument(
         "--importance-samples",
         type=_positive_int,
         default=5000,
-        help="k draws from the encoder per datapoint (default 5000)",
+        help="k draws from the encoder per datapoint",
     )
     evaluate.add_argument(
-        "--iwae-samples",
-        type=_positive_int,
-        default=50,
-        help="m of the reported IWAE bound L_m (default 50)",
+        "--iwae-samples", type=_positive_int, default=50, help="m of the reported IWAE bound L_m"
     )
     evaluate.add_argument(
         "--batch-size",
         type=_positive_int,
-        help="datapoints per chunk (default: sized to ~16 MiB per chunk on the CPU, 64 MiB "
-        "on a GPU)",
+        help="datapoints per batch (default: as many as keep one draw's likelihood values for "
+        "the batch near 2^22, 16 MiB of float32, on the CPU (5,349 MNIST images) and 2^24, "
+        "64 MiB, on a GPU)",
     )
     evaluate.add_argument(
         "--num-examples", type=_positive_int, help="evaluate only the first N examples of the split"
     )
     evaluate.add_argument("--float64", action="store_true", help="accumulate in float64")
     evaluate.add_argument(
-        "--which",
-        choices=("best", "last"),
-        default="best",
-        help="checkpoint to evaluate (default best)",
+        "--which", choices=("best", "last"), default="best", help="checkpoint to evaluate"
     )
-    evaluate.add_argument("--seed", type=_seed, default=0)
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    evaluate.add_argument("--device", default="cpu", help=DEVICE_HELP)
     evaluate.add_argument("--threads", type=_threads, help=THREADS_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     _add_table_commands(commands)
     _add_reproduce(commands)
     _add_view_commands(commands)
@@ -236,13 +287,11 @@ def _add_table_commands(commands) -> None:
         sub.add_argument(
             "--out", type=_path, required=True, help="CSV file to write (one line per row)"
         )
+        sub.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         sub.add_argument(
-            "--which",
-            choices=("best", "last"),
-            default="best",
-            help="checkpoint to use (default best)",
+            "--which", choices=("best", "last"), default="best", help="checkpoint to use"
         )
-        sub.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+        sub.add_argument("--device", default="cpu", help=DEVICE_HELP)
         sub.add_argument("--threads", type=_threads, help=THREADS_HELP)
     embed.add_argument(
         "--std", action="store_true", help="also write the posterior standard deviations"
@@ -251,9 +300,9 @@ def _add_table_commands(commands) -> None:
         "--importance-samples",
         type=_positive_int,
         default=1000,
-        help="k draws from the encoder per row (default 1000)",
+        help="k draws from the encoder per row",
     )
-    score.add_argument("--seed", type=_seed, default=0)
+    score.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
 
 
 def _add_reproduce(commands) -> None:
@@ -282,16 +331,16 @@ def _add_reproduce(commands) -> None:
             action="store_true",
             help=f"the paper's {FULL_TRAIN_SAMPLES:.0e} training samples per run (GPU-scale)",
         )
-        sub.add_argument("--seed", type=_seed, default=0)
+        sub.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
         if name in ("figure2", "figure3"):
             sub.add_argument(
                 "--lr",
                 type=float,
-                help="Adagrad step size (default 0.02; the paper chose from 0.01, 0.02, 0.1)",
+                help="Adagrad step size (default: 0.02; the paper chose from 0.01, 0.02, 0.1)",
             )
-        sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+        sub.add_argument("--device", default="auto", help=AUTO_DEVICE_HELP)
         sub.add_argument("--threads", type=_threads, help=THREADS_HELP)
-        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sub.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
         return sub
 
     def train_rows(sub: argparse.ArgumentParser) -> None:
@@ -303,7 +352,9 @@ def _add_reproduce(commands) -> None:
 
     fig2 = figure("figure2", "lower bound vs training samples, AEVB vs wake-sleep")
     train_rows(fig2)
-    fig2.add_argument("--dataset", choices=("frey", "mnist"), default="frey")
+    fig2.add_argument(
+        "--dataset", choices=("frey", "mnist"), default="frey", help="the dataset of the panels"
+    )
     fig2.add_argument(
         "--latent-dims",
         type=_positive_int,
@@ -314,36 +365,48 @@ def _add_reproduce(commands) -> None:
     fig3 = figure(
         "figure3",
         f"marginal likelihood vs training samples, AEVB vs wake-sleep vs Monte Carlo EM "
-        f"(default {FIGURE3_DEFAULT_TRAIN_SAMPLES:.0e} samples)",
+        f"(default: {FIGURE3_DEFAULT_TRAIN_SAMPLES:.0e} samples)",
     )
     fig3.add_argument(
-        "--train-sizes", type=_positive_int, nargs="+", default=[1000, 50000], help="N_train"
+        "--train-sizes",
+        type=_positive_int,
+        nargs="+",
+        default=[1000, 50000],
+        help="N_train: training set sizes, a run of each method for each",
     )
     fig3.add_argument(
         "--eval-rows", type=_positive_int, default=100, help="train and test images scored"
     )
-    fig3.add_argument("--importance-samples", type=_positive_int, default=1000, help="k per image")
+    fig3.add_argument(
+        "--importance-samples", type=_positive_int, default=1000, help="k draws per image"
+    )
     train_rows(figure("figure4", "learned 2-D manifolds of Frey Face and MNIST"))
     train_rows(figure("figure5", "random samples of MNIST models with N_z = 2, 5, 10, 20"))
 
     def contrast(name: str, help: str, dataset: str) -> argparse.ArgumentParser:
         sub = figures.add_parser(name, help=help)
         sub.add_argument("--out", type=_path, default=f"reproduce/{name}", help="output folder")
-        sub.add_argument("--dataset", default=dataset, help=f"default {dataset}")
+        sub.add_argument("--dataset", default=dataset, help="the dataset to train on")
         sub.add_argument(
             "--data-dir", type=_path, help="folder holding the datasets (or AEVB_DATA_DIR)"
         )
         sub.add_argument("--epochs", type=_positive_int, help="training epochs")
-        sub.add_argument("--seed", type=_seed, default=0)
+        sub.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
         sub.add_argument("--threads", type=_threads, help=THREADS_HELP)
-        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sub.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
         return sub
 
     ae = contrast("ae-vs-vae", "plain autoencoder vs VAE: irregular vs continuous codes", "mnist")
-    ae.add_argument("--latent-dim", type=_positive_int, default=2)
-    ae.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ae.add_argument("--latent-dim", type=_positive_int, default=2, help="size of the codes")
+    ae.add_argument("--device", default="auto", help=AUTO_DEVICE_HELP)
     pca = contrast("pca", "PCA and linear autoencoder vs linear VAE (probabilistic PCA)", "digits")
-    pca.add_argument("--latent-dims", type=_positive_int, nargs="+", default=[2, 5, 10])
+    pca.add_argument(
+        "--latent-dims",
+        type=_positive_int,
+        nargs="+",
+        default=[2, 5, 10],
+        help="sizes of the codes, one comparison each",
+    )
 
 
 def _add_view_commands(commands) -> None:
@@ -356,38 +419,38 @@ def _add_view_commands(commands) -> None:
     )
     report.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     report.add_argument(
-        "--out", type=_path, help="HTML file to write (default RUN_DIR/report.html)"
+        "--out", type=_path, help="HTML file to write (default: RUN_DIR/report.html)"
     )
     report.add_argument(
         "--importance-samples",
         type=_positive_int,
         default=1000,
-        help="k draws from the encoder per test row for log p(x) (default 1000)",
+        help="k draws from the encoder per test row for log p(x)",
     )
     report.add_argument(
         "--num-examples",
         type=_positive_int,
         default=1000,
-        help="evaluate and show the first N test rows (default 1000)",
+        help="evaluate and show the first N test rows",
     )
-    report.add_argument("--seed", type=_seed, default=0)
-    report.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    report.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    report.add_argument("--device", default="cpu", help=DEVICE_HELP)
     report.add_argument("--threads", type=_threads, help=THREADS_HELP)
-    report.add_argument("--no-progress", action="store_true", help="no progress lines")
+    report.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     explore = commands.add_parser(
         "explore", help="serve a local web page that decodes the latent space live (Ctrl-C stops)"
     )
     explore.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
     explore.add_argument(
-        "--port", type=int, default=0, help="port to listen on (default 0: a free one)"
+        "--port", type=int, default=0, help="port to listen on (default: 0, a free one)"
     )
     explore.add_argument(
         "--host",
-        help="address to listen on (default 127.0.0.1; another address serves the model to "
+        help="address to listen on (default: 127.0.0.1; another address serves the model to "
         "anyone who can reach it, without authentication)",
     )
-    explore.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    explore.add_argument("--device", default="cpu", help=DEVICE_HELP)
     explore.add_argument("--threads", type=_threads, help=THREADS_HELP)
     explore.add_argument("--no-browser", action="store_true", help="do not open a browser")
 
@@ -472,12 +535,21 @@ def _open_image_run(args: argparse.Namespace, command: str):
     return run
 
 
+def _new_output_file(args: argparse.Namespace, suffixes: tuple[str, ...] = ()) -> Path:
+    """``args.out``, checked to be writable (:func:`check_output_file`); an existing file is
+    refused unless ``--overwrite`` was given."""
+    path = check_output_file(args.out, suffixes)
+    if path.exists() and not args.overwrite:
+        raise AevbError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+    return path
+
+
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from aevb.plots import save_image_grid
 
-    check_output_file(args.out, (".png",))
+    _new_output_file(args, (".png",))
     run = _open_image_run(args, "sample")
     torch.manual_seed(args.seed)
     make_folder(Path(args.out).parent)
@@ -494,7 +566,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from aevb.plots import save_reconstructions
 
-    check_output_file(args.out, (".png",))
+    _new_output_file(args, (".png",))
     run = _open_image_run(args, "reconstruct")
     x = run.split(args.split, args.num)
     make_folder(Path(args.out).parent)
@@ -597,7 +669,7 @@ def _embed(args: argparse.Namespace) -> int:
     from aevb.runs import load_run
     from aevb.views.latent_space import encode_rows
 
-    check_output_file(args.out)
+    _new_output_file(args)
     run = load_run(args.run_dir, which=args.which, device=args.device)
     _refuse_conditional(run, "embed")
     found = encode_rows(run, _read_rows(args, run), where=args.data)
@@ -615,7 +687,7 @@ def _embed(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from aevb.runs import load_run
 
-    check_output_file(args.out)
+    _new_output_file(args)
     run = load_run(args.run_dir, which=args.which, device=args.device)
     _refuse_conditional(run, "score")
     x = _read_rows(args, run)
@@ -864,24 +936,30 @@ def _main_thread() -> bool:
 
 def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
     args = build_parser().parse_args(argv)
+    before = _cpu_sample()  # the machine's CPU use while torch loads: are the cores free?
     import torch
 
     started()
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    elif hasattr(args, "threads") and torch.get_num_threads() > 1:
+        threads, notice = _threads_for_a_busy_machine(torch.get_num_threads(), before)
+        if notice:
+            torch.set_num_threads(threads)
+            print(notice, file=sys.stderr)
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), command_line():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except TrainingInterrupted as interrupted:
-        from aevb.distributed import launched_by_torchrun
-
-        launcher = "torchrun … -m aevb" if launched_by_torchrun() else "aevb"
-        hint = f". Continue with: {launcher} train --resume {interrupted.run_dir}"
-        print(f"\n{interrupted}{hint if interrupted.run_dir else ''}", file=sys.stderr)
+        hint = ""
+        if interrupted.run_dir:
+            with command_line():
+                hint = f". Continue with: {resume_hint(interrupted.run_dir)}"
+        print(f"\n{interrupted}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except AevbError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -909,6 +987,67 @@ def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class _CpuSample:
+    """A moment's CPU counters: the monotonic clock, the machine's busy CPU seconds (all
+    cores, from ``/proc/stat``) and this process's own CPU seconds."""
+
+    clock: float
+    machine: float
+    own: float
+
+
+def _cpu_sample() -> _CpuSample | None:
+    """The counters now, or ``None`` where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(ticks[3:5])  # idle and iowait; busy: user, nice, system, irq, softirq, steal
+    own = os.times()
+    return _CpuSample(
+        time.monotonic(), (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+    )
+
+
+# Shortest span over which the cores' use is measured at start-up.
+CPU_SAMPLE_SECONDS = 0.2
+
+
+def _threads_for_a_busy_machine(threads: int, before: _CpuSample | None) -> tuple[int, str | None]:
+    """torch's default of one thread per core, lowered to the cores other programs leave free,
+    with the notice that says so (``None``: ``threads`` is kept).
+
+    torch's threads meet at a barrier in every parallel operation, so on cores that other
+    programs keep busy each step waits for the slowest, descheduled thread. On a two-core
+    machine shared with other jobs, the default ``aevb train`` (digits, 50 epochs) took 19-76 s
+    on two threads and 11-17 s on one; two epochs of MNIST (784-500-20, batches of 100)
+    220-290 s against 55 s. Other programs' use is the smaller of the 1-minute load average
+    (sustained, but still counting an aevb command that has just ended) and the cores busy,
+    other than by this process, while torch loaded (current, but a moment's)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return threads, None
+    if before is not None and time.monotonic() - before.clock < CPU_SAMPLE_SECONDS:
+        time.sleep(CPU_SAMPLE_SECONDS - (time.monotonic() - before.clock))
+    after = _cpu_sample()
+    others = load
+    if before is not None and after is not None:
+        busy = (after.machine - before.machine) - (after.own - before.own)
+        others = min(load, max(0.0, busy / (after.clock - before.clock)))
+    cores = os.cpu_count() or threads
+    free = min(threads, max(1, round(cores - others)))
+    if free == threads:
+        return threads, None
+    return free, (
+        f"notice: other programs keep {others:.1f} of the {cores} cores busy: computing on "
+        f"{free} CPU thread{'s' if free > 1 else ''}, not {threads}, which would wait on them "
+        "(--threads N chooses)"
+    )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

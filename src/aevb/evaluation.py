@@ -32,7 +32,6 @@ from numbers import Integral
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
 
 from aevb.conditional import bind, checked_labels
 from aevb.data.loaders import shard_of
@@ -45,11 +44,13 @@ from aevb.distributions import (
     support_is_eight_bit,
 )
 from aevb.errors import DataError
+from aevb.hints import setting_name
 from aevb.hmc import HMC, log_joint
 from aevb.kl import KLRule
 from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.models import VAE
 from aevb.objectives import latent_samples
+from aevb.progress import Progress, progress_bar
 
 # Elements of the (samples × datapoints × data_dim) likelihood tensor per chunk. On the CPU
 # 2²² float32 values (16 MiB) ran 23% faster than 2²⁴ (52k vs 42k MNIST samples/s on two
@@ -225,7 +226,7 @@ class ImportanceDiagnostics:
             f"{self.pareto_k_threshold:g} (worst {self.pareto_k_max:.2f}): their importance "
             "weights are too heavy-tailed for the log-likelihood estimate to be trusted (it can "
             "be far too low, beyond its ± error). More importance samples, a posterior closer "
-            "to the true one (train with --posterior full, iaf or planar) or "
+            f"to the true one (train with {setting_name('posterior')} full, iaf or planar) or "
             "aevb.evaluation.hmc_proposal help"
         )
 
@@ -358,14 +359,18 @@ def evaluate(
     x: (N, *data_shape) on the model's device, in the model's space (a run's data go through
     its transforms first: :meth:`aevb.runs.Run.evaluate` does both). ``importance_samples`` k
     draws per datapoint from the encoder; ``iwae_samples`` m (a divisor of k is used: the
-    largest ≤ m) sets the reported L_m. ``batch_size`` datapoints (default: sized so one sample
-    chunk of the batch has about ``chunk_elements`` likelihood values, by default 2²² on the
-    CPU and 2²⁴ on a GPU) are processed together; ``float64`` accumulates the log-weights in
+    largest ≤ m) sets the reported L_m. ``batch_size`` datapoints are processed together
+    (default: as many as keep one draw's likelihood values for the batch within
+    ``chunk_elements``, by default 2²² on the CPU and 2²⁴ on a GPU: :func:`_chunk_sizes`), as
+    many draws at a time as keep them within it too; ``float64`` accumulates the log-weights in
     double precision. ``proposal(model, batch)`` replaces the encoder as the importance
     distribution (and as the q of the reported ELBO and KL). Values that the likelihood gives
     no density (grey values for a Bernoulli likelihood) are refused. A conditional model
     (:mod:`aevb.conditional`) needs the rows' ``labels`` (N,) and is evaluated given them:
     log p(x|y), its bounds and q(z|x, y).
+
+    ``progress``: a progress report on stderr (:func:`aevb.progress.progress_bar`), off by
+    default: this is also the per-epoch validation inside training, which has its own.
 
     ``parallel``: in a data-parallel run (every process passing the same x), each process
     scores its part of the rows, with its own seeded draws (``seed`` + rank), and the sums
@@ -448,8 +453,6 @@ def _all_sums(
     in a data-parallel run."""
     n = len(x)
     width = likelihood_width(model)
-    if batch_size is not None:
-        batch_size = max(1, batch_size // width)
     tail = pareto_tail_size(k)
     tail = tail if tail >= MIN_TAIL_SAMPLES else 0
     held = 2 * (tail + 1) if tail else 0  # :class:`_RunningLargest`'s buffer
@@ -590,7 +593,9 @@ def _evaluation_sums(
     totals = torch.zeros(6, dtype=torch.float64, device=x.device)
     posterior_means, mean_errors, kl_dims, diagnostics = [], [], [], []
     rule = None
-    bar = tqdm(total=n * k, disable=not progress, unit="sample", unit_scale=True, desc="evaluate")
+    # Counted in draws (datapoints × samples), updated per chunk: on the CPU a batch is
+    # thousands of datapoints, so a count of datapoints would move a few times in an hour.
+    bar = progress_bar(n * k, "evaluate", "draw", unit_scale=True, disable=not progress)
     with fixed_randomness(seed, x.device), bar:
         prior = model.prior()  # once: a VampPrior encodes its pseudo-inputs to make it
         for start in range(0, n, batch_size):
@@ -707,7 +712,7 @@ def _per_example(model: VAE, x: Tensor, noise: Tensor, labels: Tensor | None) ->
     values = []
     prior = model.prior()
     rule = KLRule(analytic=False, per_dimension=False)  # the KL row is not used here
-    with tqdm(disable=True) as bar:
+    with progress_bar(disable=True) as bar:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             bound = bind(model, None if labels is None else labels[start : start + batch_size])
@@ -738,7 +743,7 @@ def _batch_statistics(
     m: int,
     chunk: int,
     dtype: torch.dtype,
-    bar: tqdm,
+    bar: Progress,
     noise: Tensor | None = None,
     tail: int = 0,
 ) -> tuple[Tensor, Tensor | None, ExampleDiagnostics | None]:

@@ -60,14 +60,21 @@ def grid_png(images: np.ndarray | Tensor, ncols: int | None = None, min_pixels: 
     """Images (N, C, H, W), values in [0, 1] (clipped), as one grid PNG: grey for C = 1, RGB
     for C = 3. Each image pixel becomes a k×k block (nearest neighbour), k chosen so the longer
     side is at least ``min_pixels`` pixels (k = 1 for 0)."""
+    buffer = io.BytesIO()
+    Image.fromarray(grid_pixels(images, ncols, min_pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def grid_pixels(
+    images: np.ndarray | Tensor, ncols: int | None = None, min_pixels: int = 400
+) -> np.ndarray:
+    """:func:`grid_png`'s pixels: uint8 (height, width) for grey images, (height, width, 3)
+    for colour."""
     if isinstance(images, Tensor):
         images = images.detach().cpu().numpy()
     grid = np.clip(image_grid(images, ncols), 0.0, 1.0)
     k = max(1, math.ceil(min_pixels / max(grid.shape[:2])))
-    pixels = np.round(grid * 255).astype(np.uint8).repeat(k, 0).repeat(k, 1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return np.round(grid * 255).astype(np.uint8).repeat(k, 0).repeat(k, 1)
 
 
 def save_image_grid(
@@ -80,12 +87,55 @@ def save_image_grid(
     atomic_write_bytes(path, grid_png(images, ncols, min_pixels))
 
 
+# The rows of a reconstruction grid, in turn, as its margin names them.
+RECONSTRUCTION_ROWS = ("data", "reconstruction")
+# Width of the margin that names the rows, in pixels, and the size of its text, in points.
+LABEL_MARGIN = 120
+LABEL_FONT_SIZE = 10
+
+
 def save_reconstructions(
     originals: Tensor, reconstructions: Tensor, path: str | Path, ncols: int = 8
 ) -> None:
-    """Rows of originals (odd rows), each followed by their reconstructions (even rows).
-    Shapes: (N, C, H, W)."""
-    save_image_grid(interleaved(originals, reconstructions, ncols), path, ncols=ncols)
+    """Write :func:`reconstructions_png` to ``path``, atomically."""
+    atomic_write_bytes(path, reconstructions_png(originals, reconstructions, ncols))
+
+
+def reconstructions_png(originals: Tensor, reconstructions: Tensor, ncols: int = 8) -> bytes:
+    """Rows of ``ncols`` originals (N, C, H, W), each above a row of their reconstructions
+    (:func:`interleaved`), with a left margin naming each row ``data`` or ``reconstruction``
+    (:func:`labelled_grid_png`)."""
+    pairs = interleaved(originals, reconstructions, ncols)
+    labels = list(RECONSTRUCTION_ROWS) * (len(pairs) // (2 * ncols))
+    return labelled_grid_png(pairs, labels, ncols)
+
+
+def labelled_grid_png(
+    images: np.ndarray | Tensor, row_labels: Sequence[str], ncols: int, min_pixels: int = 400
+) -> bytes:
+    """:func:`grid_png` of images (N, C, H, W) in rows of ``ncols``, with a white margin of
+    :data:`LABEL_MARGIN` pixels on the left naming each row (``row_labels``, one per row)."""
+    pixels = grid_pixels(images, ncols, min_pixels)
+    height, width = pixels.shape[:2]
+    rows = len(row_labels)
+    if rows != math.ceil(len(images) / ncols):
+        raise ValueError(f"{rows} row labels for {math.ceil(len(images) / ncols)} rows")
+    dpi = 100
+    figure = Figure(figsize=((LABEL_MARGIN + width) / dpi, height / dpi), dpi=dpi)
+    figure.figimage(pixels, xo=LABEL_MARGIN, yo=0, origin="upper", cmap="gray", vmin=0, vmax=255)
+    image_height = images.shape[2]
+    scale = height // (rows * (image_height + 1) - 1)  # PNG pixels per image pixel (pad: 1)
+    for row, label in enumerate(row_labels):
+        centre = (row * (image_height + 1) + image_height / 2) * scale
+        figure.text(
+            (LABEL_MARGIN - 8) / (LABEL_MARGIN + width),
+            1 - centre / height,
+            label,
+            ha="right",
+            va="center",
+            fontsize=LABEL_FONT_SIZE,
+        )
+    return figure_png(figure, dpi)
 
 
 def interleaved(originals: Tensor, reconstructions: Tensor, ncols: int = 8) -> Tensor:

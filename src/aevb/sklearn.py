@@ -1,4 +1,4 @@
-"""A scikit-learn estimator over aevb's core: ``from aevb.sklearn import VAE``.
+"""A scikit-learn estimator over aevb's core: ``from aevb.sklearn import VAEEstimator``.
 
 ``fit`` and ``partial_fit`` train through the same :class:`~aevb.train.Trainer`, model
 factory, objectives and data path (:mod:`aevb.data`: transforms and loader) as ``aevb
@@ -13,6 +13,8 @@ scoring.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -31,13 +33,13 @@ from aevb.limits import TRAINING_COPIES
 from aevb.objectives import make_objective
 from aevb.train import BestWeights, EarlyStopping, ProgressBar, Trainer, Validation, make_optimizer
 
-__all__ = ["VAE"]
+__all__ = ["VAEEstimator"]
 
 # The objectives the estimator trains with (those taking ``num_samples`` and ``beta``).
 ESTIMATOR_OBJECTIVES = ("sgvb-a", "sgvb-b", "iwae")
 
 
-class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class VAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """A variational autoencoder as a scikit-learn transformer and density model.
 
     Parameters mirror ``aevb train``: ``latent_dim``; ``hidden`` layer sizes; ``likelihood``
@@ -100,7 +102,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.conditional = conditional
 
     # ------------------------------------------------------------------------------ fitting
-    def fit(self, X, y=None) -> VAE:
+    def fit(self, X, y=None) -> VAEEstimator:
         """Fit to X: (n_samples, n_features); ``y`` (n_samples,) are the class labels of a
         conditional model (ignored otherwise)."""
         self._check_parameters()
@@ -134,7 +136,7 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = state.epoch
         return self
 
-    def partial_fit(self, X, y=None) -> VAE:
+    def partial_fit(self, X, y=None) -> VAEEstimator:
         """One pass over X (one chunk of a stream): minibatch AEVB steps, through the same
         Trainer and data path as ``fit``, that continue the model and optimiser of earlier
         calls. The first call (without ``fit``) builds the model and fixes the standardisation
@@ -198,6 +200,11 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def fit_transform(self, X, y=None, **fit_params):
         """``fit(X, y)``, then ``transform(X, y=y)``."""
         return self.fit(X, y, **fit_params).transform(X, y=y)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The latent features' names, ``vae0``, ``vae1``, … (not the class name's prefix)."""
+        names = super().get_feature_names_out(input_features)  # checks fitted and the input
+        return np.asarray([f"vae{j}" for j in range(len(names))], dtype=object)
 
     def transform(self, X, return_std: bool = False, y=None):
         """Posterior means E_q[z|x] (E_q[z|x, y] given the labels ``y`` of a conditional
@@ -384,3 +391,17 @@ class VAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         indices = np.searchsorted(self.classes_, y)
         device = self._device() if hasattr(self, "model_") else resolve_device(self.device)
         return torch.as_tensor(indices, dtype=torch.long, device=device)
+
+
+def __getattr__(name: str) -> type:
+    """``aevb.sklearn.VAE``, the estimator's old name, kept so that code and pickles that use
+    it go on working, with a warning: it clashed with :class:`aevb.VAE`, the torch module."""
+    if name == "VAE":
+        warnings.warn(
+            "aevb.sklearn.VAE is now aevb.sklearn.VAEEstimator (aevb.VAE is the torch module); "
+            "the old name will be removed in a future release",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return VAEEstimator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

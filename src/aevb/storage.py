@@ -7,8 +7,11 @@ folder itself ``fsync``ed so the rename survives a power cut. A reader sees the 
 new one, never a mix; a kill leaves at most a ``.NAME.*.tmp`` file, which the run folder
 removes on its next start.
 
-Files get the mode an ordinary ``open`` would give them (0666 less the umask), not
-``mkstemp``'s 0600, so that run folders can be shared as the user's other files are.
+Files get the mode an ordinary ``open`` would give them (0666 less the umask, or what the
+folder's default ACL says), not ``mkstemp``'s 0600, so that run folders can be shared as the
+user's other files are: the temporary file is created with mode 0666 and the kernel applies the
+umask, as for any new file; the process's umask is never read (``os.umask`` reads it only by
+setting it, for every thread at once).
 
 An operating-system failure (disk full, read-only folder, a path under a file, a device in
 place of a file) becomes one :class:`StorageError` naming the path and the reason, here, in
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -42,16 +46,6 @@ __all__ = [
 ]
 
 LOCK_FILE = ".lock"
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Read once, at import: os.umask can only be read by setting it, which is not thread-safe.
-_FILE_MODE = 0o666 & ~_read_umask()
 
 
 class StorageError(AevbError):
@@ -141,9 +135,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise StorageError(path, "it exists and is not a regular file")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _new_temporary_file(path)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -155,6 +148,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+# Open flags of a new temporary file: created here or not at all, not inherited by children.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_NEW_FILE |= getattr(os, "O_BINARY", 0)
+
+
+def _new_temporary_file(path: Path) -> tuple[int, Path]:
+    """A new, empty ``.NAME.XXXXXXXX.tmp`` file beside ``path``, open for writing: its
+    descriptor and path. Created with mode 0666, which the kernel reduces by the umask."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, _NEW_FILE, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(path.parent))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,6 +1,6 @@
 """Flags and arguments of aevb's three faces: the ``aevb`` command line, the Python API
 (``aevb.evaluate``, ``VAE.sample``, ``Run``, ``TrainConfig``, ``load_run``) and the
-scikit-learn estimator ``aevb.sklearn.VAE``.
+scikit-learn estimator ``aevb.sklearn.VAEEstimator``.
 
 Regression tests for the issue's findings ("no traceback, no silent damage, no lost run"):
 
@@ -36,7 +36,7 @@ from helpers import QUICK, cli
 import aevb
 from aevb.errors import ConfigError, DataError, NumericalFault
 from aevb.runs import TrainConfig, train
-from aevb.sklearn import VAE as Estimator
+from aevb.sklearn import VAEEstimator as Estimator
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -361,7 +361,7 @@ def test_fitted_estimator_refuses_bad_counts_and_columns(fitted):
     x = factor_table(10, seed=1)
     with pytest.raises(ValueError, match="num_samples must be a positive integer, got -1"):
         fitted.sample(-1)
-    with pytest.raises(ValueError, match="X has 5 features, but VAE is expecting 6"):
+    with pytest.raises(ValueError, match="X has 5 features, but VAEEstimator is expecting 6"):
         fitted.transform(x[:, :5])
     x[4, 2] = 1e39  # beyond float32
     with pytest.raises(ValueError, match=r"column\(s\) 2 \(or values too large for float32\)"):

@@ -24,9 +24,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
-
 from aevb.errors import DataError
+from aevb.progress import progress_bar
 
 __all__ = [
     "DECOMPRESSED_SIZES",
@@ -312,9 +311,7 @@ def _fetch(
                     f"Content-Length {announced} disagrees with the published size of {size} "
                     "bytes; refused before reading, received 0 bytes"
                 )
-            with tqdm(
-                total=size, unit="B", unit_scale=True, desc=target.name, disable=not progress
-            ) as bar:
+            with progress_bar(size, target.name, "B", unit_scale=True, disable=not progress) as bar:
                 # Never ask for more than one byte past the limit: that byte proves the excess.
                 while chunk := response.read(min(_CHUNK, size + 1 - received)):
                     received += len(chunk)

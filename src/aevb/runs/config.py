@@ -29,6 +29,7 @@ from aevb.devices import check_device_name
 from aevb.errors import ConfigError
 from aevb.flows import FLOW_POSTERIORS, default_flow_hidden, default_flow_steps
 from aevb.hierarchy import DEFAULT_TOP_HIDDEN
+from aevb.hints import setting_name
 from aevb.limits import MAX_COUNT, MAX_SEED
 from aevb.networks import ACTIVATIONS, INITIALISATIONS
 from aevb.objectives import OBJECTIVES, ScoreFunction, objective_class
@@ -464,43 +465,57 @@ class TrainConfig:
             "alpha",
         ):
             if name not in accepted and getattr(self, name) != defaults[name].default:
-                problems.append(f"--{_flag(name)} does not apply to the {self.objective} objective")
+                problems.append(
+                    f"{setting_name(name)} does not apply to the {self.objective} objective"
+                )
         problems += self._label_problems()
         for name, shapes in SCHEDULE_OPTIONS.items():
             if self.lr_schedule not in shapes and getattr(self, name) != defaults[name].default:
                 problems.append(
-                    f"--{_flag(name)} applies to --lr-schedule {' or '.join(shapes)}, not "
-                    f"{self.lr_schedule}"
+                    f"{setting_name(name)} applies to {setting_name('lr_schedule')} "
+                    f"{' or '.join(shapes)}, not {self.lr_schedule}"
                 )
         if self.lr_decay == 0:
-            problems.append("--lr-decay must be above 0 (0 would stop training)")
+            problems.append(f"{setting_name('lr_decay')} must be above 0 (0 would stop training)")
         if self.free_bits and self.posterior != "diagonal":
             problems.append("free bits need a diagonal posterior, whose KL splits per dimension")
         flow = self.posterior in FLOW_POSTERIORS
         if not flow and (self.flow_steps, self.flow_hidden) != (None, None):
-            problems.append("--flow-steps and --flow-hidden apply to --posterior iaf or planar")
+            problems.append(
+                f"{setting_name('flow_steps')} and {setting_name('flow_hidden')} apply to "
+                f"{setting_name('posterior')} iaf or planar"
+            )
         if self.posterior == "planar" and self.flow_hidden is not None:
-            problems.append("--flow-hidden applies to --posterior iaf (planar flows have none)")
+            problems.append(
+                f"{setting_name('flow_hidden')} applies to {setting_name('posterior', 'iaf')} "
+                "(planar flows have none)"
+            )
         if flow and self.prior == "vamp":
             problems.append(
                 "the VampPrior's density is a mixture of the posterior at its pseudo-inputs, "
                 "which a flow gives at other points only by inverting its maps for each of "
-                "them; use --posterior diagonal with --prior vamp"
+                f"them; use {setting_name('posterior', 'diagonal')} with "
+                f"{setting_name('prior', 'vamp')}"
             )
         if self.top_latent_dim is None and self.top_hidden != DEFAULT_TOP_HIDDEN:
-            problems.append("--top-hidden applies with --top-latent-dim")
+            problems.append(
+                f"{setting_name('top_hidden')} applies with {setting_name('top_latent_dim')}"
+            )
         if self.top_latent_dim is None and self.ladder:
-            problems.append("--ladder infers two stochastic layers: give --top-latent-dim")
+            problems.append(
+                f"{setting_name('ladder')} infers two stochastic layers: give "
+                f"{setting_name('top_latent_dim')}"
+            )
         if self.top_latent_dim is not None:
             if self.posterior != "diagonal":
                 problems.append(
                     "a second stochastic layer has its own posterior q(z₁|x) q(z₂|z₁); it "
-                    f"does not take --posterior {self.posterior}"
+                    f"does not take {setting_name('posterior', self.posterior)}"
                 )
             if self.prior != "standard":
                 problems.append(
                     "a second stochastic layer has its own prior p(z₁|z₂) N(z₂; 0, I); it does "
-                    f"not take --prior {self.prior}"
+                    f"not take {setting_name('prior', self.prior)}"
                 )
             if self.free_bits:
                 problems.append(
@@ -511,7 +526,7 @@ class TrainConfig:
         if flow and self.objective == "autoencoder":
             problems.append(
                 "the autoencoder's code is the posterior mean, which a flow posterior has "
-                "only as a Monte Carlo estimate; use --posterior diagonal"
+                f"only as a Monte Carlo estimate; use {setting_name('posterior', 'diagonal')}"
             )
         if self.objective in ("wake-sleep", "mcem") and self.prior != "standard":
             problems.append(
@@ -520,43 +535,63 @@ class TrainConfig:
         if self.free_bits and self.prior != "standard":
             problems.append(f"free bits need a factorised prior; the {self.prior} prior is not")
         if self.channels != defaults["channels"].default and self.architecture != "conv":
-            problems.append("--channels applies to --architecture conv only")
+            problems.append(
+                f"{setting_name('channels')} applies to {setting_name('architecture', 'conv')} only"
+            )
         if self.prior_components is not None and self.prior == "standard":
-            problems.append("--prior-components applies to the mixture and vamp priors only")
+            problems.append(
+                f"{setting_name('prior_components')} applies to the mixture and vamp priors only"
+            )
         if self.likelihood not in (None, "gaussian") and (
             self.likelihood_std != defaults["likelihood_std"].default
         ):
-            problems.append("--likelihood-std applies to --likelihood gaussian only")
+            problems.append(
+                f"{setting_name('likelihood_std')} applies to "
+                f"{setting_name('likelihood', 'gaussian')} only"
+            )
         if self.likelihood_components is not None and self.likelihood != "logistic-mixture":
-            problems.append("--likelihood-components applies to --likelihood logistic-mixture")
+            problems.append(
+                f"{setting_name('likelihood_components')} applies to "
+                f"{setting_name('likelihood', 'logistic-mixture')}"
+            )
         if self.squash_mean and self.likelihood not in (None, "gaussian-learned"):
-            problems.append("--squash-mean applies to --likelihood gaussian-learned only")
+            problems.append(
+                f"{setting_name('squash_mean')} applies to "
+                f"{setting_name('likelihood', 'gaussian-learned')} only"
+            )
         return problems
 
     def _label_problems(self) -> list[str]:
         problems = []
         if self.objective == "m2" and self.labels is None:
-            problems.append("the m2 objective is semi-supervised: give --labels N")
+            problems.append(
+                f"the m2 objective is semi-supervised: give {setting_name('labels')}, the number "
+                "of training labels it keeps"
+            )
         if self.labels is not None and self.objective != "m2":
             problems.append(
-                f"--labels trains the semi-supervised M2 model; it does not take the "
-                f"{self.objective} objective"
+                f"{setting_name('labels')} trains the semi-supervised M2 model; it does not "
+                f"take the {self.objective} objective"
             )
         if self.labels is not None and self.conditional:
             problems.append(
-                "--labels (semi-supervised M2) and --conditional (every label known) exclude "
-                "each other; M2's model is conditional already"
+                f"{setting_name('labels')} (semi-supervised M2) and "
+                f"{setting_name('conditional')} (every label known) exclude each other; M2's "
+                "model is conditional already"
             )
         if self.conditional or self.labels is not None:
             kind = "a conditional model" if self.conditional else "M2"
             if self.architecture != "mlp":
-                problems.append(f"{kind} is built with --architecture mlp only")
+                problems.append(f"{kind} is built with {setting_name('architecture', 'mlp')} only")
             if self.prior == "vamp":
                 problems.append(
-                    f"{kind} does not take --prior vamp (its pseudo-inputs have no labels)"
+                    f"{kind} does not take {setting_name('prior', 'vamp')} (its pseudo-inputs "
+                    "have no labels)"
                 )
             if self.top_latent_dim is not None:
-                problems.append(f"{kind} has one stochastic layer (no --top-latent-dim)")
+                problems.append(
+                    f"{kind} has one stochastic layer (no {setting_name('top_latent_dim')})"
+                )
             if self.objective in ("wake-sleep", "mcem", "autoencoder"):
                 problems.append(f"{kind} does not take the {self.objective} objective")
         return problems
@@ -565,7 +600,7 @@ class TrainConfig:
         """Refuse settings of the built-in architectures for a run with its own model factory
         (its arguments describe the model)."""
         changed = [
-            f"--{_flag(f.name)}"
+            setting_name(f.name)
             for f in dataclasses.fields(self)
             if f.metadata["group"] == "model" and getattr(self, f.name) != f.default
         ]
@@ -582,8 +617,8 @@ class TrainConfig:
         for non-images."""
         if self.architecture == "conv" and not dataset.is_image:
             raise ConfigError(
-                f"--architecture conv needs images (C, H, W); {dataset.name} has rows of shape "
-                f"{dataset.event_shape}"
+                f"{setting_name('architecture', 'conv')} needs images (C, H, W); "
+                f"{dataset.name} has rows of shape {dataset.event_shape}"
             )
         likelihood = self.likelihood or dataset.suggested_likelihood
         squash_mean = self.squash_mean
@@ -674,10 +709,6 @@ class TrainConfig:
 def setting_fields() -> tuple[dataclasses.Field, ...]:
     """The declared settings, in order."""
     return dataclasses.fields(TrainConfig)
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def _is_instance(value: Any, hint: Any) -> bool:

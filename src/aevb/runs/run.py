@@ -64,6 +64,7 @@ from aevb.distributed import current as current_process
 from aevb.distributions import support_is_binary, support_is_eight_bit
 from aevb.errors import AevbError, ConfigError, DataError, NumericalFault, TrainingInterrupted
 from aevb.evaluation import Evaluation, evaluate, log_likelihood_per_example
+from aevb.hints import resume_hint, setting_name
 from aevb.limits import TRAINING_COPIES
 from aevb.models import VAE
 from aevb.objectives import Objective, held_out_metrics, make_objective
@@ -303,8 +304,8 @@ def start_run(
         check_output_folder(run_dir)
         if (run_dir / CONFIG_FILE).exists():
             raise AevbError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose "
-                "another output folder"
+                f"{run_dir} already holds a run; continue it with {resume_hint(run_dir)} or "
+                "choose another output folder"
             )
 
     parallel.on_writer(check_folder)
@@ -317,7 +318,10 @@ def start_run(
     elif config.stream is None:
         config = dataclasses.replace(config, stream=dataset.streamed)
     if config.workers is not None and not config.stream:
-        raise ConfigError("--workers sets the processes reading streamed rows: it needs --stream")
+        raise ConfigError(
+            f"{setting_name('workers')} sets the processes reading streamed rows: it needs "
+            f"{setting_name('stream', True)}"
+        )
     if dataset is None:
         dataset = _load(config, progress)
     _summarise_once(dataset)
@@ -342,8 +346,9 @@ def start_run(
     )
     if dataset.streamed and binarize == "static" and not dataset.binary:
         raise ConfigError(
-            "--binarize static draws each row once and keeps the draw, which a stream of rows "
-            "read anew each epoch cannot; use dynamic or threshold binarization"
+            f"{setting_name('binarize', 'static')} draws each row once and keeps the draw, "
+            "which a stream of rows read anew each epoch cannot; use dynamic or threshold "
+            "binarization"
         )
     config = dataclasses.replace(config, binarize=binarize, standardize=standardize)
     data = {
@@ -364,8 +369,8 @@ def start_run(
         try:
             if (run_dir / CONFIG_FILE).exists():  # another process started a run here meanwhile
                 raise AevbError(
-                    f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
-                    "choose another output folder"
+                    f"{run_dir} already holds a run; continue it with {resume_hint(run_dir)} "
+                    "or choose another output folder"
                 )
             _remove_leftovers(run_dir)
             text = json.dumps(record.to_dict(), indent=2) + "\n"
@@ -412,7 +417,8 @@ def resume(
         changes.update(divergence_guard=divergence_guard, workers=workers, tensorboard=tensorboard)
         if workers is not None and not record.config.stream:
             raise ConfigError(
-                "--workers sets the processes reading streamed rows: this run is not streamed"
+                f"{setting_name('workers')} sets the processes reading streamed rows: this run "
+                "is not streamed"
             )
         config = dataclasses.replace(
             record.config, **{k: v for k, v in changes.items() if v is not None}
@@ -529,7 +535,9 @@ def labelled_rows(labels: np.ndarray, count: int, classes: int, seed: int) -> np
     """Positions of ``count`` training rows whose labels M2 keeps: an equal number per class
     (the first ``count`` mod C classes one more), drawn with ``seed``, sorted."""
     if count < classes:
-        raise ConfigError(f"--labels {count} keeps fewer labels than the {classes} classes")
+        raise ConfigError(
+            f"{setting_name('labels', count)} keeps fewer labels than the {classes} classes"
+        )
     generator = np.random.default_rng(seed)
     chosen = []
     for label in range(classes):
@@ -537,7 +545,8 @@ def labelled_rows(labels: np.ndarray, count: int, classes: int, seed: int) -> np
         rows = np.flatnonzero(labels == label)
         if len(rows) < wanted:
             raise ConfigError(
-                f"--labels {count} wants {wanted} rows of class {label}, which has {len(rows)}"
+                f"{setting_name('labels', count)} wants {wanted} rows of class {label}, which "
+                f"has {len(rows)}"
             )
         chosen.append(generator.choice(rows, wanted, replace=False))
     return np.sort(np.concatenate(chosen))
@@ -557,7 +566,10 @@ def training_loader(
     ``(rank, world)``: this process's part of each batch in a data-parallel run."""
     if dataset.streamed:
         if config.labels is not None:
-            raise ConfigError("--labels (M2) needs the training rows in memory: not with --stream")
+            raise ConfigError(
+                f"{setting_name('labels')} (M2) needs the training rows in memory: not with "
+                f"{setting_name('stream', True)}"
+            )
         return StreamLoader(
             dataset.source,
             config.batch_size,
@@ -577,7 +589,9 @@ def training_loader(
     classes = num_classes(dataset)
     keep = labelled_rows(labels.cpu().numpy(), config.labels, classes, config.seed)
     if len(keep) >= len(x):
-        raise ConfigError(f"--labels {config.labels} leaves no unlabelled training rows")
+        raise ConfigError(
+            f"{setting_name('labels', config.labels)} leaves no unlabelled training rows"
+        )
     kept = torch.from_numpy(keep).to(device)
     rest = torch.ones(len(x), dtype=torch.bool, device=device)
     rest[kept] = False
@@ -619,7 +633,11 @@ class RunSession:
         self.parallel = parallel = current_process()
         self.objective: Objective = make_objective(config.objective, **config.objective_options())
         if parallel.active and (self.objective.custom_update or config.labels is not None):
-            what = "--labels (M2)" if config.labels is not None else f"{config.objective!r}"
+            what = (
+                f"{setting_name('labels')} (M2)"
+                if config.labels is not None
+                else f"{config.objective!r}"
+            )
             raise ConfigError(
                 f"{what} trains in one process only, not under torchrun with data parallelism"
             )
@@ -763,8 +781,8 @@ class RunSession:
         except StorageError as error:
             raise StorageError(
                 error.path,
-                f"{error.reason}. {self._kept()}; once it can be written, continue with: aevb "
-                f"train --resume {self.run_dir}",
+                f"{error.reason}. {self._kept()}; once it can be written, continue with: "
+                f"{resume_hint(self.run_dir)}",
             ) from None
         except RuntimeError as error:
             if not self.parallel.lost_peer(error):
@@ -772,8 +790,8 @@ class RunSession:
             first = (str(error).strip().splitlines() or [""])[0][:200]
             raise AevbError(
                 f"process {self.parallel.rank} lost contact with the other processes of the "
-                f"run, one of which stopped ({first}). {self._kept()}; continue with: torchrun "
-                f"… -m aevb train --resume {self.run_dir}"
+                f"run, one of which stopped ({first}). {self._kept()}; continue with: "
+                f"{resume_hint(self.run_dir)}"
             ) from None
 
     def _finish(self) -> dict:
@@ -785,7 +803,7 @@ class RunSession:
             raise StorageError(
                 error.path,
                 f"{error.reason}. Training is complete and checkpointed; once it can be "
-                f"written, write the summary and plots with: aevb train --resume {self.run_dir}",
+                f"written, write the summary and plots with: {resume_hint(self.run_dir)}",
             ) from None
 
     def _kept(self) -> str:
@@ -798,7 +816,7 @@ class RunSession:
             if state["step_in_epoch"] == 0:
                 where = f"the end of epoch {state['epoch']} (step {state['step']})"
         except (AevbError, KeyError, TypeError):
-            return f"No checkpoint was kept ({path}); a --resume starts the run over"
+            return f"No checkpoint was kept ({path}); resuming starts the run over"
         return f"{path} was not overwritten: it holds the state at {where}"
 
     def finish(self) -> dict:
@@ -863,6 +881,27 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------- using a run
+def read_history(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The per-epoch objects of ``metrics.jsonl`` with an integer epoch, and the number of
+    other lines (a line cut short by a kill, say)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return [], 0
+    history, skipped = [], 0
+    for line in filter(str.strip, lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            skipped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            history.append(record)
+        else:
+            skipped += 1
+    return history, skipped
+
+
 class Run:
     """A trained run, opened with :func:`load_run`: its ``model`` (a ``torch.nn.Module`` in
     eval mode), ``record`` (settings, model spec, data and transforms) and ``run_dir``.
@@ -892,6 +931,12 @@ class Run:
     @property
     def is_image(self) -> bool:
         return len(self.record.event_shape) == 3
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The training curves: one dict per epoch, as ``metrics.jsonl`` holds them
+        (``epoch``, ``step``, ``train_elbo``, ``val_elbo``, … in nats per example)."""
+        return read_history(self.run_dir / METRICS_FILE)[0]
 
     def split(self, name: str, limit: int | None = None) -> Tensor:
         """The first ``limit`` rows of the run's ``train``, ``val`` or ``test`` split, as
@@ -942,10 +987,13 @@ class Run:
         checked = checked_labels(self.model, labels, rows)
         return None if checked is None else checked.to(self.device)
 
-    def evaluate(self, x: np.ndarray | Tensor, labels: Any = None, **options: Any) -> Evaluation:
+    def evaluate(
+        self, x: np.ndarray | Tensor, labels: Any = None, progress: bool = True, **options: Any
+    ) -> Evaluation:
         """:func:`aevb.evaluation.evaluate` of rows as loaded, in the data's units (given
-        their ``labels`` for a conditional model)."""
-        result = evaluate(self.model, self.prepare(x), labels=labels, **options)
+        their ``labels`` for a conditional model), with a progress report on stderr unless
+        ``progress=False`` (a bar on a terminal, a line every 30 s in a log)."""
+        result = evaluate(self.model, self.prepare(x), labels=labels, progress=progress, **options)
         return result.in_data_units(self.transforms.log_abs_det_jacobian)
 
     def log_likelihood_per_example(

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from aevb.evaluation import LOG_DENSITIES
 from aevb.objectives import held_out_metrics
+from aevb.progress import Progress, ProgressLines, progress_bar
 from aevb.storage import atomic_write_text
 from aevb.train import checkpoint as ckpt
 
@@ -231,18 +231,19 @@ class MetricsFile(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over the run's steps, with the running value of the judged metric."""
+    """Progress over the run's steps (:func:`aevb.progress.progress_bar`): on a terminal a
+    tqdm bar with the running value of the judged metric; in a log or a pipe a plain line per
+    epoch with its train and validation values, and one at most every 30 s within an epoch."""
 
     def __init__(self) -> None:
-        self.bar: tqdm | None = None
+        self.bar: Progress | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.bar = tqdm(
-            total=trainer.epochs * trainer.steps_per_epoch,
+        self.bar = progress_bar(
+            trainer.epochs * trainer.steps_per_epoch,
+            "train",
+            "step",
             initial=trainer.state.step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
         )
 
     def on_step_end(self, trainer: Trainer) -> None:
@@ -264,6 +265,8 @@ class ProgressBar(Callback):
                 if f"{split}_{judged}" in record:
                     shown[f"{split}_{judged}"] = f"{record[f'{split}_{judged}']:.2f}"
             self.bar.set_postfix(shown)
+            if isinstance(self.bar, ProgressLines):
+                self.bar.line()
 
     def close(self, trainer: Trainer) -> None:
         if self.bar is not None:

@@ -28,7 +28,7 @@ from aevb.conditional import is_conditional
 from aevb.evaluation import ACTIVITY_THRESHOLD, Evaluation, fixed_randomness
 from aevb.plots import figure_png, grid_png, interleaved
 from aevb.runs import Run, load_run
-from aevb.runs.run import METRICS_FILE, SUMMARY_FILE
+from aevb.runs.run import METRICS_FILE, SUMMARY_FILE, read_history
 from aevb.storage import atomic_write_text, check_output_file, make_folder
 from aevb.views.latent_space import (
     GRID_QUANTILES,
@@ -163,7 +163,7 @@ def _shown(value: Any) -> str:
 
 
 def _curves_section(run_dir: Path) -> _Section:
-    history, skipped = _read_metrics(run_dir / METRICS_FILE)
+    history, skipped = read_history(run_dir / METRICS_FILE)
     title = "Training curves"
     panels = [m for m in CURVES if any(f"{s}_{m}" in r for r in history for s in ("train", "val"))]
     if not panels:
@@ -463,27 +463,6 @@ def _config_section(run: Run) -> _Section:
 
 
 # --------------------------------------------------------------------------- helpers
-def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The per-epoch objects of ``metrics.jsonl`` with an integer epoch, and the number of
-    other lines (a line cut short by a kill, say)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return [], 0
-    history, skipped = [], 0
-    for line in filter(str.strip, lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            skipped += 1
-            continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            history.append(record)
-        else:
-            skipped += 1
-    return history, skipped
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         values = json.loads(path.read_text())
