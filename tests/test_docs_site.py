@@ -24,7 +24,7 @@ pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings[python]
 pytest.importorskip("latex2mathml", reason="latex2mathml is not installed")
 
 import aevb
-from aevb.cli import build_parser
+from aevb.cli import build_parser, command_parsers
 
 ROOT = Path(__file__).resolve().parents[1]
 API = Path("reference") / "api"
@@ -112,21 +112,12 @@ def test_every_exported_name_is_in_the_api_reference(site):
     )
 
 
-def commands(parser: argparse.ArgumentParser, path: str = "aevb"):
-    """(command path, its parser) for ``parser`` and every sub-command below it."""
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from commands(sub, f"{path} {name}")
-
-
 def test_the_cli_reference_lists_every_command_and_option(site):
     text = page(site, "reference/cli")
     ids = set(_ID.findall(text))
     codes = {html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", text, re.DOTALL)}
     missing = []
-    for path, parser in commands(build_parser()):
+    for path, parser in command_parsers(build_parser()):
         if path.replace(" ", "-") not in ids:
             missing.append(f"command {path!r}")
         for action in parser._actions:

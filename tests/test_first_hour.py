@@ -20,7 +20,7 @@ from PIL import Image
 
 import aevb
 from aevb import cli
-from aevb.cli import EXIT_USER_ERROR, build_parser, main
+from aevb.cli import EXIT_USER_ERROR, build_parser, command_parsers, main
 from aevb.errors import AevbError, ConfigError
 from aevb.hints import command_line
 from aevb.plots import LABEL_MARGIN, grid_pixels, interleaved, reconstructions_png
@@ -67,17 +67,8 @@ def test_python_m_aevb_version():
 
 
 # ----------------------------------------------------------------------------- 2. help texts
-def _parsers(parser: argparse.ArgumentParser, name: str = "aevb"):
-    """``parser`` and every subcommand's parser below it, with their command lines."""
-    yield name, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                yield from _parsers(sub, f"{name} {sub_name}")
-
-
 def test_every_option_of_every_command_has_a_help():
-    parsers = list(_parsers(build_parser()))
+    parsers = list(command_parsers(build_parser()))
     assert {"aevb sample", "aevb reproduce figure3", "aevb reproduce pca"} <= dict(parsers).keys()
     for name, parser in parsers:
         for action in parser._actions:
@@ -96,7 +87,7 @@ def test_every_option_of_every_command_has_a_help():
     ],
 )
 def test_help_shows_the_defaults_as_train_does(command, shown):
-    parser = dict(_parsers(build_parser()))[f"aevb {command}"]
+    parser = dict(command_parsers(build_parser()))[f"aevb {command}"]
     text = " ".join(parser.format_help().split())
     for part in shown:
         assert part in text, part

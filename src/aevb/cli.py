@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -263,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reproduce(commands)
     _add_view_commands(commands)
     return parser
+
+
+def command_parsers(
+    parser: argparse.ArgumentParser, path: str = "aevb"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """``(command line, parser)`` for ``parser`` and every sub-command below it, depth first:
+    ``("aevb", …)``, ``("aevb train", …)``, …, ``("aevb reproduce figure2", …)``."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_parsers(sub, f"{path} {name}")
 
 
 def _add_table_commands(commands) -> None:
