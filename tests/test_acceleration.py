@@ -120,7 +120,7 @@ def test_compile_failure_falls_back_with_one_notice(
     notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
     assert notices == [
         "notice: training without torch.compile (RuntimeError: no C++ compiler found); "
-        "pass --no-compile to skip the attempt"
+        "pass compile=False to skip the attempt"
     ]
     assert not fallen_back.training_step.active
     _, plain_losses = _fit_recording_losses(

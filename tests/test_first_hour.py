@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from PIL import Image
 import aevb
 from aevb import cli
 from aevb.cli import EXIT_USER_ERROR, build_parser, command_parsers, main
-from aevb.errors import AevbError, ConfigError
+from aevb.data.transforms import choose_transforms
+from aevb.errors import AevbError, ConfigError, DataError
 from aevb.hints import command_line
 from aevb.plots import LABEL_MARGIN, grid_pixels, interleaved, reconstructions_png
 from aevb.progress import ProgressLines
@@ -158,9 +160,9 @@ def test_run_evaluate_reports_progress_and_the_same_numbers(run_dir, capsys):
     run = load_run(run_dir)
     x = run.split("test", 50)
     capsys.readouterr()
-    quiet = run.evaluate(x, importance_samples=30, progress=False).to_dict()
+    quiet = run.evaluate(x, importance_samples=30, progress=False, warn=False).to_dict()
     assert capsys.readouterr().err == ""
-    shown = run.evaluate(x, importance_samples=30).to_dict()
+    shown = run.evaluate(x, importance_samples=30, warn=False).to_dict()
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("evaluate: 1.50k/1.50k draws (100%)")
     quiet.pop("seconds"), shown.pop("seconds")
@@ -277,3 +279,45 @@ def test_settings_are_named_as_the_user_gave_them():
         TrainConfig(posterior="iaf", prior="vamp")
     with command_line(), pytest.raises(ConfigError, match="use --posterior diagonal with --prior"):
         TrainConfig(posterior="iaf", prior="vamp")
+
+
+def test_data_and_training_messages_name_settings_in_the_faces_words():
+    grey = np.full((4, 3), 0.5, dtype=np.float32)
+    choose = dict(name="t", binary_data=False, is_image=False, binary_likelihood=True)
+    with pytest.raises(ConfigError, match=r"or standardize=False$"):
+        choose_transforms(grey, binarize="dynamic", standardize=True, **choose)
+    with command_line(), pytest.raises(ConfigError, match=r"or --no-standardize$"):
+        choose_transforms(grey, binarize="dynamic", standardize=True, **choose)
+    with pytest.raises(DataError, match=r"\(binarize: dynamic, static or threshold\)"):
+        choose_transforms(grey, binarize="none", standardize=False, **choose)
+    with pytest.raises(DataError, match=r"use likelihood='gaussian-learned'$"):
+        choose_transforms(grey * 4, binarize=None, standardize=None, **choose)
+
+
+# ----------------------------------------------------------------------------- 10. quiet
+def test_train_quiet_prints_only_the_run_folder(tmp_path):
+    done = aevb_process("train", "--epochs", "1", "--out", tmp_path / "run", "--quiet", *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"run folder: {tmp_path / 'run'}\n"
+    assert "train:" not in done.stderr  # no progress either
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+# ----------------------------------------------------------------------------- 11. warnings
+def test_run_evaluate_warns_from_python_when_the_estimate_cannot_be_trusted(run_dir):
+    """The one-epoch model with k = 21 draws (a 5-draw tail fit, seed 0): 14% of 50 test rows
+    have k̂ above 0.7, far over the 1% that makes an estimate unreliable, and Python users are
+    told so as the command's users are; with k = 100 none is (k̂ at most 0.69), and nothing is
+    said."""
+    run = load_run(run_dir)
+    x = run.split("test", 50)
+    with pytest.warns(UserWarning, match="Pareto k̂ above") as caught:
+        result = run.evaluate(x, importance_samples=21, progress=False)
+    assert not result.importance_diagnostics.reliable
+    assert [str(w.message) for w in caught] == [result.importance_diagnostics.warning()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.evaluate(x, importance_samples=21, progress=False, warn=False)
+        assert run.evaluate(
+            x, importance_samples=100, progress=False
+        ).importance_diagnostics.reliable

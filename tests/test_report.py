@@ -94,7 +94,7 @@ def test_report_shows_the_evaluation_it_computed(report, run_dir):
     evaluation = report.evaluation
     assert evaluation.num_examples == 100 and evaluation.importance_samples == 24
     run = load_run(run_dir)
-    again = run.evaluate(run.split("test", 100), importance_samples=24, seed=0)
+    again = run.evaluate(run.split("test", 100), importance_samples=24, seed=0, warn=False)
     assert again.log_likelihood == pytest.approx(evaluation.log_likelihood, abs=1e-9)
     page = report.path.read_text()
     shown = f"{evaluation.log_likelihood:.3f} ± {evaluation.log_likelihood_se:.3f} nats"

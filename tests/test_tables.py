@@ -96,7 +96,7 @@ def test_score_is_the_per_row_log_likelihood(trained, tmp_path):
     # Both are Monte Carlo estimates of the mean log p(x). evaluate draws independent noise per
     # row, score shares the k draws across rows (so its errors are correlated): bound the gap by
     # 4 standard errors of each, the shared one by the mean per-row error <= se * sqrt(N).
-    result = run.evaluate(x, importance_samples=K, seed=3)
+    result = run.evaluate(x, importance_samples=K, seed=3, warn=False)
     tolerance = 4 * result.log_likelihood_se * (1 + math.sqrt(ROWS))
     assert abs(scores["log_likelihood"].mean() - result.log_likelihood) < max(tolerance, 1e-4)
 

@@ -47,6 +47,7 @@ from aevb.hierarchy import (
     TwoLayerPosteriorHead,
     TwoLayerPrior,
 )
+from aevb.hints import setting_name
 from aevb.limits import check_memory
 from aevb.models import VAE, Decoder, Encoder
 from aevb.networks import MLP, ConvDecoderNetwork, ConvEncoderNetwork, initialise
@@ -166,8 +167,11 @@ class ModelSpec:
                     f"{'ies' if copies > 1 else 'y'}"
                     + (f"; activations of {rows:,} rows per step" if activations else "")
                     + ")",
-                    "choose smaller layers (--hidden, --latent-dim, --channels, "
-                    "--prior-components) or batches",
+                    "choose smaller layers ("
+                    + ", ".join(
+                        map(setting_name, ("hidden", "latent_dim", "channels", "prior_components"))
+                    )
+                    + ") or batches",
                     share=0.25,
                 )
         try:

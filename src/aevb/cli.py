@@ -54,7 +54,7 @@ SPLIT_HELP = "the run's data split to use"
 NO_PROGRESS_HELP = "no progress bar (on a terminal) or progress lines (in a log or a pipe)"
 OVERWRITE_HELP = "replace the --out file if it exists (without it, an existing file is kept)"
 # Flags of ``aevb train`` that are not settings of the run.
-RUN_FLAGS = ("command", "out", "resume", "no_progress", "threads")
+RUN_FLAGS = ("command", "out", "resume", "no_progress", "quiet", "threads")
 
 
 def _positive_int(text: str) -> int:
@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--threads", type=_threads, help=THREADS_HELP)
     run.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the run folder: no progress and no summary (summary.json in the run "
+        "folder holds it)",
+    )
 
     sample = commands.add_parser("sample", help="draw images from a trained model")
     sample.add_argument("run_dir", type=_path, help="a run folder written by aevb train")
@@ -489,7 +495,7 @@ def _train(args: argparse.Namespace) -> int:
         if value is not None and key not in RUN_FLAGS
     }
     parallel = _join_process_group(args.device, args.resume)
-    progress = not args.no_progress and parallel.writer
+    progress = not (args.no_progress or args.quiet) and parallel.writer
     if args.resume:
         resumable = {f.name for f in setting_fields() if f.metadata["resumable"]}
         refused = sorted(set(given) - resumable)
@@ -511,7 +517,8 @@ def _train(args: argparse.Namespace) -> int:
         with _interruptible(run_dir):
             summary = train(config, run_dir, progress=progress)
     if parallel.writer:
-        print(json.dumps(summary, indent=2))
+        if not args.quiet:
+            print(json.dumps(summary, indent=2))
         print(f"run folder: {run_dir}")
     return 0
 
@@ -591,7 +598,6 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from aevb.devices import resolve_device
-    from aevb.diagnostics import warn_if_collapsed
     from aevb.runs import load_run
 
     parallel = _join_process_group(args.device, args.run_dir)
@@ -627,10 +633,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(values))
     else:
         print(_table(result, args.split))
-    warn_if_collapsed(result.active_units, result.latent_dim)
-    diagnostics = result.importance_diagnostics
-    if diagnostics is not None and diagnostics.warning():
-        warnings.warn(diagnostics.warning(), stacklevel=1)
     return 0
 
 
@@ -942,6 +944,18 @@ def console() -> NoReturn:
     sys.exit(status)
 
 
+def _leave_together() -> None:
+    """Under ``torchrun``, wait until every process is done before any leaves the process
+    group. Process 0 evaluates and writes the run folder after the others' last collective
+    step; a process that destroyed the group and exited while process 0 still held its
+    connections once aborted in gloo's teardown (``terminate called without an active
+    exception``, SIGABRT), failing a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -965,7 +979,9 @@ def _main(argv: Sequence[str] | None, started: Callable[[], None]) -> int:
         with warnings.catch_warnings(), command_line():
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+        _leave_together()
+        return status
     except TrainingInterrupted as interrupted:
         hint = ""
         if interrupted.run_dir:

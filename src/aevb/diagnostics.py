@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from aevb.hints import setting_name
 from aevb.models import VAE
 from aevb.objectives import Objective
 
@@ -86,12 +87,14 @@ def gradient_variance(
     return results
 
 
-def warn_if_collapsed(active_units: int, latent_dim: int) -> None:
-    """Warn when fewer than half the latent units are active (posterior collapse)."""
+def warn_if_collapsed(active_units: int, latent_dim: int, stacklevel: int = 2) -> None:
+    """Warn when fewer than half the latent units are active (posterior collapse);
+    ``stacklevel`` as :func:`warnings.warn` counts it from the caller of this function."""
     if active_units < latent_dim / 2:
         warnings.warn(
             f"only {active_units} of {latent_dim} latent units are active (Var_x E_q[z_j] > "
             "0.01): the posterior has collapsed onto the prior in most dimensions. KL warm-up "
-            "(--warmup-steps), free bits (--free-bits) or a smaller --latent-dim may help",
-            stacklevel=2,
+            f"({setting_name('warmup_steps')}), free bits ({setting_name('free_bits')}) or a "
+            f"smaller {setting_name('latent_dim')} may help",
+            stacklevel=stacklevel + 1,
         )

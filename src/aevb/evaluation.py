@@ -226,7 +226,7 @@ class ImportanceDiagnostics:
             f"{self.pareto_k_threshold:g} (worst {self.pareto_k_max:.2f}): their importance "
             "weights are too heavy-tailed for the log-likelihood estimate to be trusted (it can "
             "be far too low, beyond its ± error). More importance samples, a posterior closer "
-            f"to the true one (train with {setting_name('posterior')} full, iaf or planar) or "
+            f"to the true one (train with {setting_name('posterior')}: full, iaf or planar) or "
             "aevb.evaluation.hmc_proposal help"
         )
 

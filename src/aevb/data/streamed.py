@@ -27,6 +27,7 @@ from aevb.data.datasets import DATASETS, Examples, fingerprint_of
 from aevb.data.streaming import RowSource, StreamSummary, open_source, summarize
 from aevb.distributed import processes_on_this_machine
 from aevb.errors import DataError
+from aevb.hints import setting_name
 from aevb.limits import available_memory, check_memory, format_bytes
 
 __all__ = ["MAX_HELD_OUT_ROWS", "StreamedDataset", "load_streamed", "should_stream"]
@@ -102,7 +103,7 @@ class StreamedDataset(Examples):
         check_memory(
             count * self.data_dim * 4,
             f"the {count:,} training rows of {self.name}",
-            "ask for fewer (--num-examples)",
+            f"ask for fewer ({setting_name('num_examples')})",
             share=0.5,
             error=DataError,
         )
@@ -142,16 +143,16 @@ def check_streamable(path: str | os.PathLike) -> None:
     """Refuse what cannot be streamed: a named dataset, another kind of file."""
     if str(path) in DATASETS:
         raise DataError(
-            f"--stream reads .npy and .parquet files and folders of images; {path} is a named "
-            "dataset, which fits in memory: train without --stream"
+            f"{setting_name('stream')} reads .npy and .parquet files and folders of images; "
+            f"{path} is a named dataset, which fits in memory: train without it"
         )
     target = Path(path).expanduser()
     if not target.exists():
         raise DataError(f"{path} does not exist")
     if not target.is_dir() and target.suffix.lower() not in STREAMABLE:
         raise DataError(
-            f"--stream reads .npy and .parquet files and folders of images, not {target.suffix} "
-            "files; convert the data to one of those"
+            f"{setting_name('stream')} reads .npy and .parquet files and folders of images, not "
+            f"{target.suffix} files; convert the data to one of those"
         )
 
 
@@ -173,5 +174,6 @@ def should_stream(path: str | os.PathLike) -> tuple[bool, str | None]:
         return False, None
     return True, (
         f"{path} is {format_bytes(size)}, more than a quarter of the {format_bytes(available)} "
-        "of memory available: streaming it from disk (--no-stream loads it into memory)"
+        f"of memory available: streaming it from disk ({setting_name('stream', False)} loads "
+        "it into memory)"
     )

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from aevb.errors import DataError
+from aevb.hints import setting_name
 from aevb.limits import MAX_INFLATION, check_memory, format_bytes
 
 __all__ = [
@@ -135,8 +136,8 @@ def _check_memory(declared: int, where: str) -> None:
     check_memory(
         declared,
         f"{where}: its data",
-        "stream it from disk (--stream: .npy or .parquet), use a part of the rows, or a "
-        "machine with more memory",
+        f"stream it from disk ({setting_name('stream')}: .npy or .parquet), use a part of the "
+        "rows, or a machine with more memory",
         share=0.5,
         error=DataError,
     )

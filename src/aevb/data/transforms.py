@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from aevb.errors import ConfigError, DataError
+from aevb.hints import setting_name
 
 __all__ = [
     "BINARIZATIONS",
@@ -254,8 +255,8 @@ def choose_transforms(
     if eight_bit_likelihood:
         if binarize not in (None, "none") or standardize:
             raise ConfigError(
-                "an 8-bit likelihood models the levels k/255 themselves: --binarize and "
-                "--standardize do not apply"
+                "an 8-bit likelihood models the levels k/255 themselves: "
+                f"{setting_name('binarize')} and {setting_name('standardize')} do not apply"
             )
         if not (train.eight_bit if _summarised(train) else on_eight_bit_grid(train)):
             raise DataError(
@@ -278,18 +279,20 @@ def choose_transforms(
         if not in_unit_interval:
             raise DataError(
                 f"the Bernoulli likelihood needs data in [0, 1], but {name} spans "
-                f"[{low:g}, {high:g}]; rescale the data or use --likelihood gaussian-learned"
+                f"[{low:g}, {high:g}]; rescale the data or use "
+                f"{setting_name('likelihood', 'gaussian-learned')}"
             )
         if binarize == "none" and not binary_data:
             raise DataError(
                 f"{name} holds grey values, and a Bernoulli likelihood is a distribution over "
                 "{0, 1}: its log-probability of a grey value is not a log-likelihood. Binarize "
-                "(--binarize dynamic|static|threshold) or use a Gaussian likelihood"
+                f"({setting_name('binarize')}: dynamic, static or threshold) or use a Gaussian "
+                "likelihood"
             )
         if standardize:
             raise ConfigError(
                 "standardised values are not in {0, 1}: a Bernoulli likelihood cannot model "
-                "them; use a Gaussian likelihood or --no-standardize"
+                f"them; use a Gaussian likelihood or {setting_name('standardize', False)}"
             )
     elif binarize != "none" and not in_unit_interval:
         raise DataError(

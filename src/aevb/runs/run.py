@@ -38,6 +38,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -93,7 +94,7 @@ from aevb.train.callbacks import (
 from aevb.train.optim import make_optimizer
 from aevb.train.schedules import make_schedule
 from aevb.train.step import should_compile
-from aevb.train.tensorboard import TENSORBOARD_MISSING, TensorBoard, tensorboard_available
+from aevb.train.tensorboard import TensorBoard, tensorboard_available, tensorboard_missing
 from aevb.train.trainer import Trainer
 
 __all__ = [
@@ -865,7 +866,7 @@ def _tensorboard_on(config: TrainConfig) -> bool:
     if config.tensorboard is None:
         return tensorboard_available()
     if config.tensorboard and not tensorboard_available():
-        raise ConfigError(TENSORBOARD_MISSING)
+        raise ConfigError(tensorboard_missing())
     return config.tensorboard
 
 
@@ -988,12 +989,26 @@ class Run:
         return None if checked is None else checked.to(self.device)
 
     def evaluate(
-        self, x: np.ndarray | Tensor, labels: Any = None, progress: bool = True, **options: Any
+        self,
+        x: np.ndarray | Tensor,
+        labels: Any = None,
+        progress: bool = True,
+        warn: bool = True,
+        **options: Any,
     ) -> Evaluation:
         """:func:`aevb.evaluation.evaluate` of rows as loaded, in the data's units (given
         their ``labels`` for a conditional model), with a progress report on stderr unless
-        ``progress=False`` (a bar on a terminal, a line every 30 s in a log)."""
+        ``progress=False`` (a bar on a terminal, a line every 30 s in a log). Unless
+        ``warn=False``, a warning says when the log-likelihood estimate cannot be trusted
+        (Pareto k̂ of the importance weights) or the posterior has collapsed; under a
+        data-parallel evaluation (``parallel=``), process 0 alone says it."""
         result = evaluate(self.model, self.prepare(x), labels=labels, progress=progress, **options)
+        parallel = options.get("parallel")
+        if warn and (parallel is None or parallel.writer):
+            warn_if_collapsed(result.active_units, result.latent_dim, stacklevel=2)
+            diagnostics = result.importance_diagnostics
+            if diagnostics is not None and diagnostics.warning():
+                warnings.warn(diagnostics.warning(), stacklevel=2)
         return result.in_data_units(self.transforms.log_abs_det_jacobian)
 
     def log_likelihood_per_example(
@@ -1045,7 +1060,10 @@ class Run:
         classifier q(y|x) is not their label."""
         classify = getattr(self.model, "classify", None)
         if classify is None:
-            raise AevbError(f"the model in {self.run_dir} has no classifier (train with --labels)")
+            raise AevbError(
+                f"the model in {self.run_dir} has no classifier (train with "
+                f"{setting_name('labels')})"
+            )
         x = self.prepare(x)
         truth = self._checked_labels(labels, len(x))
         errors = 0

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from aevb.conditional import bind
 from aevb.distributed import collective_failure
+from aevb.hints import setting_name
 from aevb.models import VAE
 from aevb.objectives import Objective
 
@@ -154,6 +155,6 @@ class CompiledStep:
         reason = (str(error).strip().splitlines() or [""])[0][:160]
         tqdm.write(
             f"notice: training without torch.compile ({type(error).__name__}: {reason}); "
-            "pass --no-compile to skip the attempt",
+            f"pass {setting_name('compile', False)} to skip the attempt",
             file=sys.stderr,
         )

@@ -42,6 +42,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aevb.errors import ConfigError
+from aevb.hints import setting_name
 from aevb.storage import StorageError, make_folder, os_reason
 from aevb.train.callbacks import Callback
 from aevb.train.trainer import JUDGED_SUMS
@@ -56,10 +57,14 @@ SPLIT_PREFIXES = ("train_", "val_")
 # The per-step losses read at the loop's sync points are written at the epoch's end, and at
 # least this often (seconds) within a long epoch.
 WRITE_SECONDS = 30.0
-TENSORBOARD_MISSING = (
-    "TensorBoard logging needs the tensorboard package: pip install 'aevb[tensorboard]' (or "
-    "turn it off with --no-tensorboard)"
-)
+
+
+def tensorboard_missing() -> str:
+    """What to do when TensorBoard logging is asked for without the tensorboard package."""
+    return (
+        "TensorBoard logging needs the tensorboard package: pip install 'aevb[tensorboard]' (or "
+        f"turn it off with {setting_name('tensorboard', False)})"
+    )
 
 
 def tensorboard_available() -> bool:
@@ -133,7 +138,7 @@ class TensorBoard(Callback):
         labels: Tensor | None = None,
     ):
         if not tensorboard_available():
-            raise ConfigError(TENSORBOARD_MISSING)
+            raise ConfigError(tensorboard_missing())
         self.log_dir = Path(log_dir)
         self.hparams = hparams or {}
         self.images = None if images is None else images[:16]

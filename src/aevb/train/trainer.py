@@ -51,6 +51,7 @@ from aevb.distributed import Distributed
 from aevb.distributions import is_factorised
 from aevb.errors import NumericalFault, TrainingInterrupted
 from aevb.heads import LOG_VARIANCE_RANGE
+from aevb.hints import setting_name
 from aevb.models import VAE
 from aevb.objectives import Objective, held_out_metrics, warn_if_warmup_incomplete
 from aevb.train import checkpoint as ckpt
@@ -442,11 +443,9 @@ class Trainer:
                 raise NumericalFault(f"training stopped: {self._diagnosis()}. {problem}", False)
             for callback in self.callbacks:
                 callback.on_stop(self)
-            lr = self.optimizer.param_groups[0]["lr"]
             raise NumericalFault(
                 f"training stopped: {self._diagnosis()}. The parameters are the last good "
-                f"state. Lower the learning rate (now {lr:g}), clip gradients "
-                "(--clip-grad-norm), or warm the KL term up (--warmup-steps)"
+                f"state. {self._advice()}"
             )
 
     def check_state(self, value: float | None = None) -> None:
@@ -463,11 +462,7 @@ class Trainer:
         infinite, or, with the divergence guard, the judged metric ``value`` (data units;
         default: the epoch's running value) has diverged."""
         state = self.state
-        lr = self.optimizer.param_groups[0]["lr"]
-        advice = (
-            f"Lower the learning rate (now {lr:g}), clip gradients (--clip-grad-norm), or warm "
-            "the KL term up (--warmup-steps)"
-        )
+        advice = self._advice()
         flag = torch.zeros((), device=self.device)
         parameters = [p.detach() for p in self.model.parameters()]
         torch._amp_foreach_non_finite_check_and_unscale_(parameters, flag, flag.new_ones(()))
@@ -494,7 +489,16 @@ class Trainer:
             f"for the untrained model; the divergence guard stops below {limit:.4g} "
             f"({DIVERGENCE_FACTOR:g} × max(|{reference:.4g}|, {size} values per example) under "
             f"it). The diverged state was not saved. {advice}; the guard is turned off by "
-            "--no-divergence-guard (divergence_guard=False)"
+            f"{setting_name('divergence_guard', False)}"
+        )
+
+    def _advice(self) -> str:
+        """What helps a run whose updates overflow or diverge."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (
+            f"Lower the learning rate (now {lr:g}), clip gradients "
+            f"({setting_name('clip_grad_norm')}), or warm the KL term up "
+            f"({setting_name('warmup_steps')})"
         )
 
     @torch.no_grad()
@@ -532,8 +536,8 @@ class Trainer:
         return (
             f"{len(state.nonfinite_steps)} steps had a non-finite loss or gradient (steps "
             f"{shown}{', …' if len(state.nonfinite_steps) > 10 else ''}; limit "
-            f"--max-nonfinite-steps {self.max_nonfinite_steps}) and were skipped. Diagnosis: "
-            + "; ".join(findings)
+            f"{setting_name('max_nonfinite_steps', self.max_nonfinite_steps)}) and were skipped. "
+            "Diagnosis: " + "; ".join(findings)
         )
 
     # ----------------------------------------------------------------------------- epochs

@@ -103,7 +103,12 @@ def write_report(
     given = labels if is_conditional(run.model) else None
     stage(f"evaluating {len(x)} test rows with k = {importance_samples} importance samples")
     evaluation = run.evaluate(
-        x, labels=given, importance_samples=importance_samples, seed=seed, progress=progress
+        x,
+        labels=given,
+        importance_samples=importance_samples,
+        seed=seed,
+        progress=progress,
+        warn=False,  # the page says it
     )
     stage("drawing the figures")
     codes = encode_rows(run, x, given)
