@@ -253,7 +253,7 @@ def test_cli_evaluate_warns_when_the_estimate_is_unreliable(digits_run, capsys, 
     lines = [line for line in capsys.readouterr().err.splitlines() if "Pareto" in line]
     if share < 0:
         assert len(lines) == 1 and "More importance samples" in lines[0]
-        assert "--posterior full" in lines[0] and "hmc_proposal" in lines[0]
+        assert "--posterior: full" in lines[0] and "hmc_proposal" in lines[0]
     else:
         assert lines == []
 

@@ -22,6 +22,7 @@ from aevb.data import load_dataset
 from aevb.data import streamed as streamed_module
 from aevb.data.streamed import load_streamed, should_stream
 from aevb.errors import AevbError, ConfigError, DataError
+from aevb.hints import command_line
 from aevb.runs import LAST, TrainConfig, load_model, load_run, resume, train
 from aevb.train import checkpoint as checkpoints
 
@@ -126,7 +127,9 @@ def test_a_large_file_streams_unasked_and_no_stream_keeps_it_in_memory(digits_np
     path, _ = digits_npy
     monkeypatch.setattr(streamed_module, "available_memory", lambda: 100_000)
     stream, reason = should_stream(path)
-    assert stream and "more than a quarter of the" in reason and "--no-stream" in reason
+    assert stream and "more than a quarter of the" in reason and "(stream=False loads" in reason
+    with command_line():
+        assert "(--no-stream loads" in should_stream(path)[1]
     monkeypatch.setattr(streamed_module, "available_memory", lambda: 10**12)
     assert should_stream(path) == (False, None)
     assert should_stream("mnist") == (False, None)
