@@ -148,7 +148,7 @@ def test_a_killed_process_leaves_a_checkpoint_the_run_resumes_from(tmp_path):
     run resumes. torchrun looks at its processes every 5 s here, not every 0.1 s: otherwise
     its SIGTERM to process 0 can land while process 0 reports the lost peer, and process 0
     then ends as interrupted (one line too, the checkpoint as intact), which is not what this
-    test is about (measured: 2 of 32 runs under load)."""
+    test is about (seen in 2 of 23 runs under load)."""
     args = ["train", "--dataset", "digits", "--epochs", "5000", "--checkpoint-every", "20"]
     args += ["--no-compile"]  # 65,000 steps would compile the step: half a minute here
     slow_monitor = ("--monitor-interval", "5")
