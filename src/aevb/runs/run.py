@@ -1007,8 +1007,9 @@ class Run:
         if warn and (parallel is None or parallel.writer):
             warn_if_collapsed(result.active_units, result.latent_dim, stacklevel=2)
             diagnostics = result.importance_diagnostics
-            if diagnostics is not None and diagnostics.warning():
-                warnings.warn(diagnostics.warning(), stacklevel=2)
+            unreliable = None if diagnostics is None else diagnostics.warning()
+            if unreliable:
+                warnings.warn(unreliable, stacklevel=2)
         return result.in_data_units(self.transforms.log_abs_det_jacobian)
 
     def log_likelihood_per_example(
